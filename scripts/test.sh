@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: set-up, then lint, type-check and the whole test suite.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash scripts/setup.sh
+echo "== ruff"
+python3 -m ruff check vmpod plugins tests benchmarks examples
+echo "== mypy (strict on vmpod/)"
+python3 -m mypy
+echo "== pytest"
+python3 -m pytest "$@"

@@ -1,0 +1,1 @@
+"""vmpod: run virtual machines as Kubernetes pods."""

@@ -1,0 +1,78 @@
+"""The ``vmpod`` command.
+
+Each subcommand lives in its own module under :mod:`vmpod.cli` and exposes
+``register(subparsers)``, which adds its parser and sets ``handler`` to a
+function ``(args) -> int``.  :func:`main` turns every
+:class:`~vmpod.errors.VmpodError` into a message on stderr and a non-zero exit
+code: a user mistake never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from vmpod.errors import SpecError, VmpodError
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: Modules providing subcommands, in the order ``vmpod --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "vmpod.cli.validate",
+    "vmpod.cli.render",
+    "vmpod.cli.seed",
+)
+
+log = logging.getLogger("vmpod")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="vmpod",
+        description="Run virtual machines as Kubernetes-style pods.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a subcommand not built yet
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vmpod`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="vmpod: %(message)s",
+    )
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(handler(args))
+    except SpecError as exc:
+        print(f"vmpod: error: {exc}" if "\n" not in str(exc) else f"vmpod: errors:\n{exc}", file=sys.stderr)
+        return 1
+    except VmpodError as exc:
+        print(f"vmpod: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from vmpod.cli import main
+
+sys.exit(main())
