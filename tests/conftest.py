@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -14,3 +15,45 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 VIRTLET_EXAMPLES = SHARED / "virtlet-examples"
+
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite golden files under tests/golden/ instead of comparing (never in CI)",
+    )
+
+
+class Golden:
+    """Compares rendered text with ``tests/golden/<name>``; ``--update-golden`` rewrites it."""
+
+    def __init__(self, update: bool) -> None:
+        self.update = update
+
+    def check(self, name: str, actual: str | bytes) -> None:
+        path = GOLDEN_DIR / name
+        data = actual.encode() if isinstance(actual, str) else actual
+        if self.update:
+            if os.environ.get("CI"):
+                raise RuntimeError("--update-golden is refused in CI")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return
+        if not path.exists():
+            raise AssertionError(f"golden file {path} is missing: run pytest --update-golden and review it")
+        expected = path.read_bytes()
+        if isinstance(actual, str):
+            assert actual == expected.decode(), f"output differs from golden file {path}"
+        else:
+            assert data == expected, f"output differs from golden file {path}"
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Golden:
+    """Golden-file comparison (see :class:`Golden`)."""
+    return Golden(bool(request.config.getoption("--update-golden")))
