@@ -1,0 +1,190 @@
+"""The hypervisor backend contract.
+
+A backend realises :class:`~vmpod.machine.Machine` objects on a hypervisor.
+It is registered by a plugin (see :func:`vmpod.hookspecs.vmpod_backends`) and
+driven by the runtime.  The contract, checked for every backend by the
+property-based state machine in :mod:`vmpod.testing.conformance`:
+
+* every call is **idempotent**: creating a machine that exists (same name and
+  UUID) returns its status; starting a running one, stopping a stopped one,
+  destroying one that is gone all succeed;
+* machine states move only along :data:`TRANSITIONS`;
+* ``list()`` and ``status()`` agree, and ``list()`` shows every machine the
+  backend can see, vmpod's (``owned``) and others';
+* ``destroy()`` leaves nothing behind that the backend created;
+* a machine survives the backend object being closed and a new one opened
+  (a vmpod restart): the new object reports it, never restarts it.
+
+Errors: :class:`~vmpod.errors.NotFoundError` for an unknown machine,
+:class:`~vmpod.errors.InvalidTransition` for a call the state forbids,
+:class:`~vmpod.errors.BackendError` (with the hypervisor's message) for failures.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from vmpod.machine import Machine
+
+__all__ = [
+    "TRANSITIONS",
+    "Backend",
+    "BackendConfig",
+    "Capabilities",
+    "ConsoleEndpoint",
+    "MachineInfo",
+    "MachineState",
+    "MachineStats",
+    "MachineStatus",
+]
+
+
+class MachineState(enum.StrEnum):
+    """State of a machine as a backend reports it.
+
+    ``CREATED``: defined, never started since; ``RUNNING``: the guest runs (or is shutting down);
+    ``STOPPED``: it ran and stopped (guest poweroff, ``stop``, or the hypervisor died: see
+    ``exit_reason``); ``UNKNOWN``: the backend cannot tell.
+    """
+
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    UNKNOWN = "unknown"
+
+
+#: Allowed state changes; a backend never reports a transition outside this table.
+TRANSITIONS: Mapping[MachineState, frozenset[MachineState]] = {
+    MachineState.CREATED: frozenset({MachineState.RUNNING, MachineState.STOPPED, MachineState.UNKNOWN}),
+    MachineState.RUNNING: frozenset({MachineState.STOPPED, MachineState.UNKNOWN}),
+    MachineState.STOPPED: frozenset({MachineState.RUNNING, MachineState.UNKNOWN}),
+    MachineState.UNKNOWN: frozenset(MachineState),
+}
+
+
+@attrs.frozen
+class MachineStatus:
+    """A machine's state with its timestamps (nanoseconds since the epoch, 0 when not yet).
+
+    :param exit_reason: why it stopped: ``Completed`` (guest powered off), ``Stopped`` (by vmpod),
+        ``Crashed``, ``Killed`` (hypervisor process died), ``Error``...
+    """
+
+    name: str
+    state: MachineState
+    created_at: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    exit_reason: str = ""
+    message: str = ""
+
+
+@attrs.frozen
+class MachineInfo:
+    """One entry of :meth:`Backend.list`: ``owned`` when the machine carries vmpod's marker."""
+
+    name: str
+    uuid: str
+    state: MachineState
+    owned: bool
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class MachineStats:
+    """Resource usage of a running machine."""
+
+    timestamp: int
+    cpu_time_ns: int
+    memory_bytes: int
+
+
+@attrs.frozen
+class ConsoleEndpoint:
+    """Where the interactive serial console of a machine can be reached.
+
+    ``kind`` is ``unix`` (a stream socket at ``path``) or ``pty`` (a terminal device at ``path``).
+    """
+
+    kind: str
+    path: str
+
+
+@attrs.frozen
+class Capabilities:
+    """What a backend can do, shown by ``vmpod plugins`` and used by the runtime to refuse early."""
+
+    accelerator: str = "none"
+    disk_buses: tuple[str, ...] = ("scsi", "virtio")
+    max_disks: Mapping[str, int] = attrs.field(factory=lambda: {"scsi": 26, "virtio": 21})
+    filesystems: tuple[str, ...] = ()
+    network_modes: tuple[str, ...] = ("user",)
+    console: bool = True
+    graceful_stop: bool = True
+    survives_restart: bool = True
+    notes: str = ""
+
+
+@attrs.frozen
+class BackendConfig:
+    """What the runtime passes to a backend factory.
+
+    :param state_dir: vmpod's state directory; a backend keeps its own files under
+        ``<state_dir>/backends/<name>``.
+    :param options: backend-specific settings (e.g. ``uri`` for libvirt), from the CLI or config.
+    """
+
+    state_dir: str
+    options: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A hypervisor backend.  See the module docstring for the contract."""
+
+    name: str
+
+    def capabilities(self) -> Capabilities:
+        """What this backend supports on this host."""
+        ...
+
+    def create(self, machine: Machine) -> MachineStatus:
+        """Define ``machine`` (state CREATED); idempotent for the same name and UUID."""
+        ...
+
+    def start(self, name: str) -> MachineStatus:
+        """Boot the machine; a running machine is left alone."""
+        ...
+
+    def stop(self, name: str, timeout: float) -> MachineStatus:
+        """Ask the guest to power off (ACPI), force it off after ``timeout`` seconds; stopped is fine."""
+        ...
+
+    def destroy(self, name: str) -> None:
+        """Force off and remove the machine and everything the backend made for it; gone is fine."""
+        ...
+
+    def status(self, name: str) -> MachineStatus:
+        """Current status; :class:`~vmpod.errors.NotFoundError` when there is no such machine."""
+        ...
+
+    def list(self) -> tuple[MachineInfo, ...]:
+        """Every machine this backend sees, vmpod's and others'."""
+        ...
+
+    def console(self, name: str) -> ConsoleEndpoint:
+        """Where to reach the interactive serial console of a running machine."""
+        ...
+
+    def stats(self, name: str) -> MachineStats:
+        """CPU time and memory of a running machine."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; machines keep running."""
+        ...
