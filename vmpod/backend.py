@@ -6,18 +6,34 @@ driven by the runtime.  The contract, checked for every backend by the
 property-based state machine in :mod:`vmpod.testing.conformance`:
 
 * every call is **idempotent**: creating a machine that exists (same name and
-  UUID) returns its status; starting a running one, stopping a stopped one,
-  destroying one that is gone all succeed;
+  UUID) returns its status unchanged; starting a running one returns its status
+  (same ``started_at``: it is not rebooted); stopping one that is not running
+  (CREATED or STOPPED) returns its status unchanged; destroying one that is
+  gone succeeds;
 * machine states move only along :data:`TRANSITIONS`;
 * ``list()`` and ``status()`` agree, and ``list()`` shows every machine the
-  backend can see, vmpod's (``owned``) and others';
-* ``destroy()`` leaves nothing behind that the backend created;
+  backend can see, vmpod's and others'; ``owned`` is true exactly when the
+  machine's labels contain :data:`~vmpod.machine.MARKER_LABEL` (any value),
+  and the labels and UUID given to ``create`` come back unchanged;
+* ``destroy()`` leaves nothing behind that the backend created: once every
+  machine is destroyed, ``<state_dir>/backends/<name>`` holds only what the
+  backend created when it was opened (its own bookkeeping);
 * a machine survives the backend object being closed and a new one opened
-  (a vmpod restart): the new object reports it, never restarts it.
+  (a vmpod restart): the new object reports it with the same status, and
+  never restarts it.
 
-Errors: :class:`~vmpod.errors.NotFoundError` for an unknown machine,
-:class:`~vmpod.errors.InvalidTransition` for a call the state forbids,
-:class:`~vmpod.errors.BackendError` (with the hypervisor's message) for failures.
+Errors:
+
+* :class:`~vmpod.errors.NotFoundError` for an unknown machine (every call but
+  ``create`` and ``destroy``);
+* :class:`~vmpod.errors.ConflictError` for ``create`` of a name that exists
+  with another UUID;
+* :class:`~vmpod.errors.InvalidTransition` for ``console`` and ``stats`` of a
+  machine that is not running;
+* :class:`~vmpod.errors.BackendError` (with the hypervisor's message) for
+  failures, and for ``console`` when :attr:`Capabilities.console` is false.
+  A ``start`` that fails leaves the machine not running (a backend that can
+  tell reports it STOPPED with exit reason ``StartError``).
 """
 
 from __future__ import annotations
@@ -70,8 +86,12 @@ TRANSITIONS: Mapping[MachineState, frozenset[MachineState]] = {
 class MachineStatus:
     """A machine's state with its timestamps (nanoseconds since the epoch, 0 when not yet).
 
-    :param exit_reason: why it stopped: ``Completed`` (guest powered off), ``Stopped`` (by vmpod),
-        ``Crashed``, ``Killed`` (hypervisor process died), ``Error``...
+    ``started_at`` is the start of the current (or last) run; ``finished_at`` the end of the
+    last run, 0 while the machine runs; a CREATED machine has neither.
+
+    :param exit_reason: why it stopped (STOPPED only): ``Completed`` (guest powered off),
+        ``Stopped`` (by vmpod), ``Crashed``, ``Killed`` (forced off after the stop timeout, or the
+        hypervisor process died), ``StartError`` (it could not boot), ``Error``...
     """
 
     name: str
@@ -86,7 +106,7 @@ class MachineStatus:
 
 @attrs.frozen
 class MachineInfo:
-    """One entry of :meth:`Backend.list`: ``owned`` when the machine carries vmpod's marker."""
+    """One entry of :meth:`Backend.list`: ``owned`` when its labels contain :data:`~vmpod.machine.MARKER_LABEL`."""
 
     name: str
     uuid: str
@@ -154,7 +174,10 @@ class Backend(Protocol):
         ...
 
     def create(self, machine: Machine) -> MachineStatus:
-        """Define ``machine`` (state CREATED); idempotent for the same name and UUID."""
+        """Define ``machine`` (state CREATED); the same name and UUID again returns the existing status.
+
+        :raises ConflictError: a machine with this name and another UUID exists.
+        """
         ...
 
     def start(self, name: str) -> MachineStatus:
@@ -162,7 +185,10 @@ class Backend(Protocol):
         ...
 
     def stop(self, name: str, timeout: float) -> MachineStatus:
-        """Ask the guest to power off (ACPI), force it off after ``timeout`` seconds; stopped is fine."""
+        """Ask the guest to power off (ACPI), force it off after ``timeout`` seconds.
+
+        A machine that is not running (CREATED or STOPPED) is returned unchanged.
+        """
         ...
 
     def destroy(self, name: str) -> None:
@@ -178,11 +204,15 @@ class Backend(Protocol):
         ...
 
     def console(self, name: str) -> ConsoleEndpoint:
-        """Where to reach the interactive serial console of a running machine."""
+        """Where to reach the interactive serial console of a running machine.
+
+        :raises InvalidTransition: the machine is not running.
+        :raises BackendError: the backend has no console (:attr:`Capabilities.console` is false).
+        """
         ...
 
     def stats(self, name: str) -> MachineStats:
-        """CPU time and memory of a running machine."""
+        """CPU time and memory of a running machine; :class:`InvalidTransition` when it is not running."""
         ...
 
     def close(self) -> None:

@@ -12,7 +12,13 @@ Registration hooks (``vmpod_backends``, ``vmpod_volume_handlers``,
 ``vmpod_image_sources``) yield frozen records; names must be unique across
 all plugins (a duplicate raises :class:`~vmpod.errors.PluginConflictError`).
 Adjustment hooks (``vmpod_adjust_seed``, ``vmpod_adjust_machine``) are
-applied one after another, each plugin seeing the previous one's result.
+applied one after another, each plugin seeing the previous one's result, in
+registration order: vmpod's built-ins first, then entry points, so a plugin
+can override what vmpod did (``tryfirst``/``trylast`` move an implementation
+to the front/back).
+
+``docs/reference/hooks.md`` is generated from the docstrings below
+(``python -m vmpod.docgen_hooks``); a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -172,10 +178,24 @@ def vmpod_backends() -> Iterable[BackendSpec]:  # type: ignore[empty-body]
 def vmpod_volume_handlers() -> Iterable[VolumeHandlerSpec]:  # type: ignore[empty-body]
     """Register handlers for pod volume kinds.
 
-    Called when the runtime builds a machine.  One handler per volume type; a plugin's handler
-    for a type vmpod already handles is a conflict unless vmpod's own is disabled.
+    Called when the runtime builds a machine.  One handler per volume type: a plugin's handler
+    for a type vmpod's built-in plugin handles replaces vmpod's; two plugins handling the same
+    type are a conflict (:class:`~vmpod.errors.PluginConflictError`).
 
     :return: the :class:`VolumeHandlerSpec` records this plugin provides.
+
+    Example::
+
+        class TmpfsHandler:
+            def attach(self, context):
+                return VolumeAttachment(filesystems=(Filesystem(tag=context.volume.name, source="/dev/shm"),))
+
+            def detach(self, context):
+                pass
+
+        @vmpod.hookimpl
+        def vmpod_volume_handlers():
+            yield VolumeHandlerSpec(name="tmpfs", volume_type=TmpfsVolume, handler=TmpfsHandler())
 
     .. versionadded:: 0.1
     """
@@ -185,9 +205,20 @@ def vmpod_volume_handlers() -> Iterable[VolumeHandlerSpec]:  # type: ignore[empt
 def vmpod_image_sources() -> Iterable[ImageSourceSpec]:  # type: ignore[empty-body]
     """Register ways to fetch VM images (by URL scheme).
 
-    Called when an image is pulled.
+    Called when an image is pulled.  A plugin's source for a scheme vmpod's built-in plugin
+    handles (``file``...) replaces vmpod's; two plugins handling one scheme are a conflict.
 
     :return: the :class:`ImageSourceSpec` records this plugin provides.
+
+    Example::
+
+        def fetch_s3(url, dest):
+            bucket, _, key = url.removeprefix("s3://").partition("/")
+            boto3.client("s3").download_file(bucket, key, str(dest))
+
+        @vmpod.hookimpl
+        def vmpod_image_sources():
+            yield ImageSourceSpec(name="s3", schemes=("s3",), fetch=fetch_s3)
 
     .. versionadded:: 0.1
     """
@@ -204,6 +235,14 @@ def vmpod_adjust_seed(pod: VMPod, documents: Any) -> Any | None:
     :param documents: the :class:`vmpod.cloudinit.SeedDocuments` generated so far.
     :return: replacement documents (use ``attrs.evolve``), or None to keep them.
 
+    Example::
+
+        @vmpod.hookimpl
+        def vmpod_adjust_seed(pod, documents):
+            if pod.labels.get("example.com/network") == "image-defaults":
+                return attrs.evolve(documents, network_config=None)  # let the image configure its network
+            return None
+
     .. versionadded:: 0.1
     """
 
@@ -218,6 +257,14 @@ def vmpod_adjust_machine(pod: VMPod, machine: Machine) -> Machine | None:
     :param machine: the machine built so far.
     :return: a replacement machine (use ``attrs.evolve``), or None to keep it.
 
+    Example::
+
+        @vmpod.hookimpl
+        def vmpod_adjust_machine(pod, machine):
+            if "example.com/big" in pod.annotations:
+                return attrs.evolve(machine, memory_bytes=machine.memory_bytes * 2)
+            return None
+
     .. versionadded:: 0.1
     """
 
@@ -230,6 +277,13 @@ def vmpod_pod_event(event: PodEvent) -> None:
     ignored: an observer cannot break the runtime.
 
     :param event: the event.
+
+    Example::
+
+        @vmpod.hookimpl
+        def vmpod_pod_event(event):
+            if event.type == "Warning":
+                logging.getLogger("audit").warning("%s/%s: %s", event.namespace, event.pod, event.message)
 
     .. versionadded:: 0.1
     """
