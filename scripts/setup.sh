@@ -11,7 +11,7 @@ APT_PACKAGES=(
   cloud-image-utils                     # cloud-localds, the benchmark's reference tool
   genisoimage                           # isoinfo, an independent ISO reader for tests
   openssh-client                        # ssh into test guests
-  busybox-static util-linux e2fsprogs
+  busybox-static util-linux fdisk e2fsprogs
 )
 
 missing=()
