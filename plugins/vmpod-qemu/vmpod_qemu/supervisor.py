@@ -1,0 +1,520 @@
+"""The per-machine supervisor: collects qemu's start, writes its serial console to the pod log, records its exit.
+
+One small process per running machine, detached from vmpod (its own session), so that the
+pod log keeps growing while no vmpod command runs and across vmpod restarts.  It imports
+only the standard library; :mod:`vmpod_qemu.launcher` starts it (and qemu, first) as
+``python3 -I -S launcher.py ...``, a few tens of milliseconds instead of a full vmpod import.
+
+``start``
+    The supervisor is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``) and spawned qemu's argv,
+    which daemonizes: qemu forks twice and its launching process exits once the machine is set
+    up.  The daemonized qemu is reparented to the supervisor, so the supervisor ``waitpid``\\s
+    it and learns exactly how it ended.
+``attach``
+    For a qemu that runs while its supervisor is gone (killed): resumes the log from its
+    checkpoint and watches the process through a pidfd.  It is not qemu's parent, so if qemu
+    then exits on its own the exit status is unknown.
+
+Files, in the machine directory (qemu's working directory):
+
+``serial.raw``
+    everything the guest wrote to its serial port; qemu appends to it (chardev ``logfile``)
+    whether or not anybody is attached to ``console.sock``, so nothing is lost while no
+    supervisor runs.
+``log.state``
+    the log checkpoint ``{"boot", "raw_offset", "log_size", "log_inode"}``: how far
+    ``serial.raw`` has been turned into log lines, and the log's size after them.  Written
+    (atomically) after each append to the log; a writer that was killed between the two
+    leaves a log longer than ``log_size``, and the next writer cuts the log back to
+    ``log_size`` and redoes the lines from ``raw_offset``: no line is lost or written twice.
+``supervisor.lock``
+    the supervisor holds an exclusive ``flock`` on it while it runs: one log writer per
+    machine; whoever else needs to finish the log takes the lock first.
+``supervisor.log``
+    the supervisor's own stdout and stderr (diagnostics).
+``run.json``
+    ``{"pid", "starttime", "boot_id", "started_at", "supervisor_pid", "supervisor_starttime",
+    "boot"}``: identifies qemu (and the supervisor) beyond its pid: a pid whose start time
+    (``/proc/<pid>/stat``) or kernel boot id differ is another process that reused the number,
+    and is never signalled.
+``stop.json``
+    written by the backend before it asks qemu to stop (``{"boot", "forced"}``).
+``exit.json``
+    how qemu ended: ``{"boot", "started_at", "finished_at", "exit_code", "exit_reason", "message"}``.
+
+The pod log gets CRI log lines ``<RFC3339Nano> stdout F|P <text>``: one ``F`` line per
+guest line (its ``\\r\\n`` or ``\\n`` removed); bytes not ended by a newline for
+:data:`PARTIAL_AFTER` seconds (a shell prompt), or :data:`MAX_LINE` bytes of one line, are
+written as a ``P`` line and continue in the next line.  The time is when the supervisor read
+the bytes.  Lines are written as soon as they are read (readers of the log see them at once)
+and ``fsync``\\ed at most every :data:`SYNC_EVERY` seconds, and when qemu has exited.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import selectors
+import signal
+import time
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "EXIT_FILE",
+    "LOCK_FILE",
+    "LOG_STATE",
+    "RUN_FILE",
+    "STOP_FILE",
+    "CriLogWriter",
+    "Spawned",
+    "boot_id",
+    "boot_records",
+    "cri_timestamp",
+    "exit_record",
+    "proc_starttime",
+    "process_matches",
+    "read_json",
+    "run_daemon",
+    "write_json",
+]
+
+RUN_FILE: Final = "run.json"
+EXIT_FILE: Final = "exit.json"
+STOP_FILE: Final = "stop.json"
+LOG_STATE: Final = "log.state"
+LOCK_FILE: Final = "supervisor.lock"
+SERIAL_RAW: Final = "serial.raw"
+PIDFILE: Final = "qemu.pid"
+
+#: Seconds an unfinished line waits for its newline before it is written as a ``P`` line.
+PARTIAL_AFTER: Final = 0.5
+#: Longest log line; longer guest lines are split into ``P`` lines.
+MAX_LINE: Final = 16 * 1024
+#: Longest time appended log lines stay without ``fsync`` while more keep coming.
+SYNC_EVERY: Final = 1.0
+_READ_CHUNK: Final = 1 << 20
+_IN_MODIFY: Final = 0x2
+_IN_NONBLOCK: Final = os.O_NONBLOCK
+_IN_CLOEXEC: Final = os.O_CLOEXEC
+#: Without inotify, how often the raw file is polled.
+_POLL_INTERVAL: Final = 0.05
+
+
+# -- small helpers (also used by the backend) ------------------------------------------------
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON (write a temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def cri_timestamp(now_ns: int) -> str:
+    """``now_ns`` as RFC 3339 UTC with nine fraction digits (``2024-05-01T12:00:00.000000001Z``)."""
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def boot_id() -> str:
+    """The kernel's boot id: a pid from an earlier boot of the host means nothing now."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of process ``pid`` (clock ticks since boot), or ``None`` when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def process_matches(pid: int, starttime: int, expected_boot_id: str) -> bool:
+    """True when ``pid`` is alive and is the very process that had ``starttime`` in this boot."""
+    if pid <= 0 or (expected_boot_id and expected_boot_id != boot_id()):
+        return False
+    return proc_starttime(pid) == starttime
+
+
+def exit_record(status: int | None, stop: dict[str, Any] | None, *, now_ns: int, pid: int, boot: str,
+                started_at: int) -> dict[str, Any]:
+    """The ``exit.json`` record of qemu ``pid`` of ``boot``: ``status`` is its wait status (``None``: unknown).
+
+    A stop of this boot requested by vmpod (``stop`` with the same ``boot``) makes the reason
+    ``Stopped`` (``Killed``, code 137, when it had to be forced); otherwise a signal is
+    ``Killed`` (SIGKILL) or ``Crashed``, exit 0 ``Completed`` (the guest powered off), another
+    code ``Error``, and an unknown status ``Killed`` with code -1.
+    """
+    if status is None:
+        code, reason = -1, "Killed"
+        message = f"qemu (pid {pid}) exited while no supervisor was its parent: exit status unknown"
+    elif os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        code = 128 + sig
+        reason = "Killed" if sig == signal.SIGKILL else "Crashed"
+        message = f"qemu (pid {pid}) was killed by signal {signal.Signals(sig).name}"
+    else:
+        code = os.WEXITSTATUS(status)
+        reason = "Completed" if code == 0 else "Error"
+        message = f"qemu (pid {pid}) exited with code {code}"
+    if stop is not None and stop.get("boot") == boot:
+        if stop.get("forced"):
+            code, reason = 137, "Killed"
+            message = "forced off: the guest did not power off in time"
+        else:
+            code, reason = max(code, 0), "Stopped"
+            message = "powered off by request"
+    return {"boot": boot, "started_at": started_at, "finished_at": max(now_ns, started_at), "exit_code": code,
+            "exit_reason": reason, "message": message}
+
+
+def boot_records(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(run, exit)`` of the machine's latest boot; ``exit`` is ``None`` while that boot has not ended.
+
+    ``run.json`` and ``exit.json`` are never removed when a machine starts again (a reader would
+    see a machine that ran as never started); each names its boot, and an ``exit.json`` of an
+    earlier boot is ignored.  An ``exit.json`` of a boot that failed to start (no ``run.json`` of
+    its own) is newer than the ``run.json`` of the boot before: ``(None, exit)``.
+    """
+    run = read_json(directory / RUN_FILE)
+    ended = read_json(directory / EXIT_FILE)
+    if ended is None or run is None or ended.get("boot") == run.get("boot"):
+        return run, ended
+    if int(ended.get("started_at", 0)) > int(run.get("started_at", 0)):
+        return None, ended
+    return run, None
+
+
+# -- the log writer --------------------------------------------------------------------------
+
+
+class CriLogWriter:
+    """Turns ``serial.raw`` of one boot into CRI log lines appended to the pod log (see the module docstring).
+
+    The caller must hold the machine's ``supervisor.lock``.
+    """
+
+    def __init__(self, directory: Path, log_path: Path, boot: str) -> None:
+        self.directory = directory
+        self.log_path = log_path
+        self.boot = boot
+        self.raw_offset = 0
+        self.log_size = 0
+        self.log_inode = 0
+        #: an unfinished line waiting for its newline: (its offset in serial.raw, when first seen)
+        self._partial: tuple[int, float] | None = None
+        self._synced = time.monotonic()
+        self._recover()
+
+    def _recover(self) -> None:
+        state = read_json(self.directory / LOG_STATE)
+        same_boot = state is not None and state.get("boot") == self.boot
+        self.raw_offset = int(state["raw_offset"]) if state is not None and same_boot else 0
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            info = os.fstat(fd)
+            if (state is not None and same_boot and info.st_ino == state.get("log_inode")
+                    and info.st_size > int(state["log_size"])):
+                # A writer was killed after appending and before its checkpoint: undo its lines.
+                os.ftruncate(fd, int(state["log_size"]))
+                info = os.fstat(fd)
+            self.log_size, self.log_inode = info.st_size, info.st_ino
+        finally:
+            os.close(fd)
+        self._save()
+
+    def _save(self) -> None:
+        write_json(self.directory / LOG_STATE, {"boot": self.boot, "raw_offset": self.raw_offset,
+                                                "log_size": self.log_size, "log_inode": self.log_inode})
+
+    def deadline(self) -> float | None:
+        """Seconds until a pending unfinished line is due as a ``P`` line, or ``None``."""
+        if self._partial is None:
+            return None
+        return max(0.0, self._partial[1] + PARTIAL_AFTER - time.monotonic())
+
+    def pump(self, *, final: bool = False) -> int:
+        """Append log lines for everything new in ``serial.raw``; returns how many were written.
+
+        With ``final`` (qemu is gone) an unfinished last line is written as an ``F`` line.
+        """
+        written = 0
+        while True:
+            chunk = self._read_raw()
+            if not chunk:
+                break
+            lines, consumed = self._split(chunk, final=final)
+            if not lines:
+                break
+            self._append(lines, consumed, sync=final)
+            written += len(lines)
+        return written
+
+    def _read_raw(self) -> bytes:
+        try:
+            with open(self.directory / SERIAL_RAW, "rb") as raw:
+                raw.seek(self.raw_offset)
+                return raw.read(_READ_CHUNK)
+        except FileNotFoundError:
+            return b""
+
+    def _split(self, chunk: bytes, *, final: bool) -> tuple[list[tuple[str, bytes]], int]:
+        """``[(tag, text)]`` for the complete lines of ``chunk`` (and a due partial), and bytes used."""
+        lines: list[tuple[str, bytes]] = []
+        consumed = 0
+        while True:
+            newline = chunk.find(b"\n", consumed, consumed + MAX_LINE + 1)
+            if newline >= 0:
+                lines.append(("F", chunk[consumed:newline].rstrip(b"\r")))
+                consumed = newline + 1
+            elif len(chunk) - consumed >= MAX_LINE:
+                lines.append(("P", chunk[consumed : consumed + MAX_LINE]))
+                consumed += MAX_LINE
+            else:
+                break
+        rest = chunk[consumed:]
+        if not rest:
+            self._partial = None
+            return lines, consumed
+        # An unfinished line: wait for its end, up to PARTIAL_AFTER seconds from when it was first seen.
+        start, now = self.raw_offset + consumed, time.monotonic()
+        if final or (self._partial is not None and self._partial[0] == start
+                     and now - self._partial[1] >= PARTIAL_AFTER):
+            lines.append(("F" if final else "P", rest.rstrip(b"\r") if final else rest))
+            consumed = len(chunk)
+            self._partial = None
+        elif self._partial is None or self._partial[0] != start:
+            self._partial = (start, now)
+        return lines, consumed
+
+    def _append(self, lines: list[tuple[str, bytes]], consumed: int, *, sync: bool) -> None:
+        stamp = cri_timestamp(time.time_ns()).encode()
+        data = b"".join(b"%s stdout %s %s\n" % (stamp, tag.encode(), text) for tag, text in lines)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            info = os.fstat(fd)
+            if info.st_ino != self.log_inode or info.st_size < self.log_size:
+                self.log_inode = info.st_ino  # rotated or truncated by someone else: follow the new file
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if sync or time.monotonic() - self._synced >= SYNC_EVERY:
+                os.fsync(fd)
+                self._synced = time.monotonic()
+            self.log_size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        self.raw_offset += consumed
+        self._save()
+
+
+# -- the supervisor process --------------------------------------------------------------------
+
+
+class _Inotify:
+    """Wake-ups when a file is written (``IN_MODIFY``), through libc's inotify; ``fd`` is -1 without it."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = -1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                return
+            if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
+                os.close(fd)
+                return
+            self.fd = fd
+        except (OSError, AttributeError):
+            self.fd = -1
+
+    def drain(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+class _Supervisor:
+    def __init__(self, directory: Path, log_path: Path, boot: str) -> None:
+        self.directory = directory
+        self.log_path = log_path
+        self.boot = boot
+        self.qemu_pid = 0
+        self.started_at = 0
+        self.child_status: int | None = None
+        self.is_parent = False
+
+    def reap(self) -> None:
+        """Collect exited children (qemu, and qemu's intermediate processes reparented to us)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.qemu_pid:
+                self.child_status = status
+
+    def watch(self, pidfd: int) -> None:
+        """Follow the serial output until qemu exits (or the supervisor is told to stop)."""
+        writer = CriLogWriter(self.directory, self.log_path, self.boot)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        stop_requested: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.append(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: stop_requested.append(signum))
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        notify = _Inotify(self.directory / SERIAL_RAW)
+        selector = selectors.DefaultSelector()
+        selector.register(pidfd, selectors.EVENT_READ, "qemu")
+        selector.register(wake_r, selectors.EVENT_READ, "signal")
+        if notify.fd >= 0:
+            selector.register(notify.fd, selectors.EVENT_READ, "serial")
+        exited = False
+        while not exited and not stop_requested:
+            writer.pump()
+            self.reap()
+            timeout = writer.deadline()
+            if notify.fd < 0:
+                timeout = _POLL_INTERVAL if timeout is None else min(timeout, _POLL_INTERVAL)
+            for key, _events in selector.select(timeout):
+                if key.data == "qemu":
+                    exited = True
+                elif key.data == "signal":
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    notify.drain()
+            self.reap()
+            exited = exited or self.child_status is not None
+        if stop_requested and not exited:
+            writer.pump()
+            return
+        deadline = time.monotonic() + 5
+        while self.is_parent and self.child_status is None and time.monotonic() < deadline:
+            self.reap()
+            if self.child_status is None:
+                time.sleep(0.01)
+        writer.pump(final=True)
+        record = exit_record(self.child_status, read_json(self.directory / STOP_FILE), now_ns=time.time_ns(),
+                             pid=self.qemu_pid, boot=self.boot, started_at=self.started_at)
+        write_json(self.directory / EXIT_FILE, record)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawned:
+    """qemu's launching process, started by :mod:`vmpod_qemu.launcher` before this module was imported.
+
+    :param pid: the launching qemu process (it exits once the daemonized qemu runs).
+    :param stderr: read end of a pipe on its stderr (qemu's error messages while starting).
+    :param started_at: when it was spawned (ns since the epoch).
+    """
+
+    pid: int
+    stderr: int
+    started_at: int
+
+
+def _collect_start(sup: _Supervisor, spawned: Spawned) -> str:
+    """Wait for qemu's launcher; on success write ``run.json`` and return ``""``, else qemu's error."""
+    chunks = []
+    while True:
+        data = os.read(spawned.stderr, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(spawned.stderr)
+    _, status = os.waitpid(spawned.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        text = b"".join(chunks).decode(errors="replace").strip()
+        return text or f"qemu exited with code {code} while starting"
+    try:
+        pid = int((sup.directory / PIDFILE).read_text().strip())
+    except (OSError, ValueError) as exc:
+        return f"qemu started but its pidfile is unreadable: {exc}"
+    starttime = proc_starttime(pid)
+    if starttime is None:
+        return f"qemu (pid {pid}) exited right after starting"
+    sup.qemu_pid, sup.started_at = pid, spawned.started_at
+    sup.is_parent = _parent_of(pid) == os.getpid()
+    write_json(sup.directory / RUN_FILE, {
+        "pid": pid, "starttime": starttime, "boot_id": boot_id(), "started_at": spawned.started_at,
+        "boot": sup.boot, "supervisor_pid": os.getpid(), "supervisor_starttime": proc_starttime(os.getpid()),
+        "supervisor_is_parent": sup.is_parent,
+    })
+    return ""
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def run_daemon(directory: Path, log_path: Path, boot: str, *, report: int, spawned: Spawned | None) -> int:
+    """The detached supervisor, after :mod:`vmpod_qemu.launcher` set it up (session, stdio, lock).
+
+    ``spawned`` is qemu's launching process (``start``), or ``None`` to attach to the qemu that
+    ``run.json`` names.  The outcome is told to the waiting launcher through ``report``
+    (``ok <pid>`` or ``error: ...``); then qemu is watched until it exits.
+    """
+    sup = _Supervisor(directory, log_path, boot)
+
+    def tell(message: str) -> None:
+        os.write(report, message.encode() + b"\n")
+        os.close(report)
+
+    if spawned is not None:
+        problem = _collect_start(sup, spawned)
+        if problem:
+            now = time.time_ns()
+            write_json(directory / EXIT_FILE, {"boot": boot, "started_at": spawned.started_at, "finished_at": now,
+                                               "exit_code": 1, "exit_reason": "StartError", "message": problem})
+            sup.reap()
+            tell("error: " + problem.replace("\n", " | "))
+            return 1
+    else:
+        run = read_json(directory / RUN_FILE) or {}
+        sup.qemu_pid, sup.started_at = int(run.get("pid", 0)), int(run.get("started_at", 0))
+        if not process_matches(sup.qemu_pid, int(run.get("starttime", -1)), str(run.get("boot_id", ""))):
+            tell("error: qemu is not running")
+            return 1
+    try:
+        pidfd = os.pidfd_open(sup.qemu_pid)
+    except OSError as exc:
+        tell(f"error: cannot watch qemu (pid {sup.qemu_pid}): {exc}")
+        return 1
+    tell(f"ok {sup.qemu_pid}")
+    sup.watch(pidfd)
+    return 0
