@@ -24,6 +24,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vmpod.cli.validate",
     "vmpod.cli.render",
     "vmpod.cli.seed",
+    "vmpod.cli.run",
+    "vmpod.cli.get",
+    "vmpod.cli.describe",
+    "vmpod.cli.logs",
+    "vmpod.cli.delete",
+    "vmpod.cli.plugins",
 )
 
 log = logging.getLogger("vmpod")
@@ -36,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run virtual machines as Kubernetes-style pods.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--state-dir", default=None, metavar="DIR",
+                        help="vmpod's state directory (env VMPOD_STATE_DIR; default /var/lib/vmpod for root, "
+                             "else $XDG_DATA_HOME/vmpod)")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help="hypervisor backend for new pods (env VMPOD_BACKEND; default: the highest-priority "
+                             "installed backend, fake only when nothing else is installed)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
