@@ -6,6 +6,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils            # the hypervisor and qemu-img
+  libvirt-daemon-system libvirt-clients # the libvirt backend (libvirtd, virtlogd, virsh, virt-xml-validate)
+  libvirt-dev pkg-config gcc            # building libvirt-python
   debootstrap extlinux syslinux-common  # building the cached test guests
   cloud-init                            # `cloud-init schema` checks generated user-data
   cloud-image-utils                     # cloud-localds, the benchmark's reference tool

@@ -4,6 +4,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/setup.sh
+bash scripts/start-libvirtd.sh   # libvirtd + virtlogd for the libvirt backend's tests
 echo "== ruff"
 python3 -m ruff check vmpod plugins tests benchmarks examples
 echo "== mypy (strict on vmpod/)"
