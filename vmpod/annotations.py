@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-import yaml
 
 from vmpod.errors import ErrorCollector, SpecError
 from vmpod.model import (
@@ -36,7 +36,7 @@ from vmpod.model import (
 )
 from vmpod.names import is_dns_subdomain as _is_dns_subdomain
 from vmpod.quantity import ACCEPTED_QUANTITY, parse_quantity
-from vmpod.yamlutil import safe_load_limited
+from vmpod.yamlutil import check_json_data, dump_yaml, safe_load_limited
 
 __all__ = [
     "ANNOTATIONS",
@@ -61,6 +61,8 @@ class AnnotationSpec:
     :param summary: one sentence for the reference docs.
     :param parse: text -> typed value; raises :class:`SpecError` with an empty path.
     :param format: typed value -> text (the inverse of ``parse``).
+    :param virtlet_difference: where vmpod reads this annotation differently from Virtlet
+        (empty: it does not); shown in the reference docs.
     """
 
     key: str
@@ -70,6 +72,7 @@ class AnnotationSpec:
     summary: str
     parse: Callable[[str], Any]
     format: Callable[[Any], str]
+    virtlet_difference: str = ""
 
 
 # --------------------------------------------------------------------------- parsers
@@ -99,12 +102,18 @@ def _format_bool(value: bool) -> str:
 _VCPU_ACCEPTED = f"an integer from 1 to {MAX_VCPUS}"
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_vcpus(text: str) -> int:
+    # Go's strconv.Atoi: ASCII digits with an optional sign (Python's int() also takes
+    # underscores and non-ASCII digits).  Surrounding whitespace is forgiven.
     stripped = text.strip()
-    try:
-        count = int(stripped, 10)
-    except ValueError:
-        raise _bad("not an integer", text, _VCPU_ACCEPTED) from None
+    if _INTEGER.fullmatch(stripped) is None:
+        raise _bad("not an integer", text, _VCPU_ACCEPTED)
+    if len(stripped.lstrip("+-0")) > 4:
+        raise _bad(f"vCPU count too big, max is {MAX_VCPUS}", text, _VCPU_ACCEPTED)
+    count = int(stripped, 10)
     if count < 1:
         raise _bad("vCPU count must be at least 1", text, _VCPU_ACCEPTED)
     if count > MAX_VCPUS:
@@ -138,16 +147,18 @@ def _parse_mapping(text: str) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         raise _bad(f"must be a mapping, not a {_kind(data)}", text, "a YAML or JSON mapping")
-    bad_keys = [k for k in data if not isinstance(k, str)]
-    if bad_keys:
-        raise _bad("mapping keys must be strings", bad_keys[0], "a YAML or JSON mapping with string keys")
+    try:
+        check_json_data(data)
+    except SpecError as exc:
+        raise _bad(f"{exc.message} (at {exc.path or 'the top level'})", exc.value if exc.has_value else text,
+                   "a YAML or JSON mapping with string keys and finite numbers") from None
     return data
 
 
 def _format_yaml(value: Mapping[str, Any] | None) -> str:
     if value is None:
         return ""
-    return yaml.safe_dump(dict(value), sort_keys=True, default_flow_style=False, allow_unicode=True)
+    return dump_yaml(dict(value), sort_keys=True)
 
 
 def _parse_text(text: str) -> str:
@@ -199,7 +210,8 @@ def _format_source(value: DataSourceRef | None) -> str:
 
 
 def _parse_ssh_keys(text: str) -> tuple[str, ...]:
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    # Virtlet splits on "\n" only and trims each line.
+    return tuple(line.strip() for line in text.split("\n") if line.strip())
 
 
 def _format_ssh_keys(value: tuple[str, ...]) -> str:
@@ -257,7 +269,7 @@ def _format_uuid(value: uuid.UUID | None) -> str:
 # ---- VirtletLibvirtCPUSetting: libvirt-go-xml DomainCPU field names, matched case-insensitively.
 
 _CPU_ACCEPTED = (
-    "a YAML mapping with fields mode, match, check, model {value, fallback}, vendor, "
+    "a YAML mapping with fields mode, match, check, model (a name or {value, fallback, vendorid}), vendor, "
     "topology {sockets, cores, threads}, features [{name, policy}] (names case-insensitive)"
 )
 _CPU_MATCH = ("minimum", "exact", "strict")
@@ -272,6 +284,8 @@ def _lower_keys(data: Mapping[Any, Any], where: str, allowed: tuple[str, ...]) -
         name = str(key).lower()
         if name not in allowed:
             raise _bad(f"unknown field {where}{key}", str(key), _CPU_ACCEPTED)
+        if name in result:
+            raise _bad(f"field {where}{name} given twice (names are case-insensitive)", str(key), _CPU_ACCEPTED)
         result[name] = value
     return result
 
@@ -309,7 +323,7 @@ def _parse_libvirt_cpu(text: str) -> LibvirtCPU | None:
         mode = CPUModelMode(_choice(fields["mode"], tuple(m.value for m in CPUModelMode), "CPU mode"))
     match = _choice(fields["match"], _CPU_MATCH, "CPU match") if fields.get("match") is not None else None
     check = _choice(fields["check"], _CPU_CHECK, "CPU check") if fields.get("check") is not None else None
-    model = fallback = None
+    model = fallback = vendor_id = None
     if fields.get("model") is not None:
         raw_model = fields["model"]
         if isinstance(raw_model, str):
@@ -320,8 +334,10 @@ def _parse_libvirt_cpu(text: str) -> LibvirtCPU | None:
                 model = _string(model_fields["value"], "model.value")
             if model_fields.get("fallback") is not None:
                 fallback = _choice(model_fields["fallback"], _CPU_FALLBACK, "model fallback")
+            if model_fields.get("vendorid") is not None:
+                vendor_id = _string(model_fields["vendorid"], "model.vendorid")
         else:
-            raise _bad("model must be a mapping", raw_model, _CPU_ACCEPTED)
+            raise _bad("model must be a string or a mapping", raw_model, _CPU_ACCEPTED)
     vendor = _string(fields["vendor"], "vendor") if fields.get("vendor") is not None else None
     topology = None
     if fields.get("topology") is not None:
@@ -335,7 +351,9 @@ def _parse_libvirt_cpu(text: str) -> LibvirtCPU | None:
             threads=_positive(topo.get("threads", 1), "topology.threads"),
         )
     features: list[CPUFeature] = []
-    raw_features = fields.get("features") or []
+    raw_features = fields.get("features")
+    if raw_features is None:
+        raw_features = []
     if not isinstance(raw_features, list):
         raise _bad("features must be a list", raw_features, _CPU_ACCEPTED)
     for raw in raw_features:
@@ -349,7 +367,7 @@ def _parse_libvirt_cpu(text: str) -> LibvirtCPU | None:
             )
         )
     return LibvirtCPU(mode=mode, match=match, check=check, model=model, model_fallback=fallback,
-                      vendor=vendor, topology=topology, features=tuple(features))
+                      vendor=vendor, topology=topology, features=tuple(features), model_vendor_id=vendor_id)
 
 
 def _format_libvirt_cpu(value: LibvirtCPU | None) -> str:
@@ -362,12 +380,14 @@ def _format_libvirt_cpu(value: LibvirtCPU | None) -> str:
         data["match"] = value.match
     if value.check is not None:
         data["check"] = value.check
-    if value.model is not None or value.model_fallback is not None:
+    if value.model is not None or value.model_fallback is not None or value.model_vendor_id is not None:
         model: dict[str, str] = {}
         if value.model is not None:
             model["value"] = value.model
         if value.model_fallback is not None:
             model["fallback"] = value.model_fallback
+        if value.model_vendor_id is not None:
+            model["vendorid"] = value.model_vendor_id
         data["model"] = model
     if value.vendor is not None:
         data["vendor"] = value.vendor
@@ -375,7 +395,7 @@ def _format_libvirt_cpu(value: LibvirtCPU | None) -> str:
         data["topology"] = attrs.asdict(value.topology)
     if value.features:
         data["features"] = [{"name": f.name, "policy": f.policy} for f in value.features]
-    return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+    return dump_yaml(data, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- the table
@@ -385,6 +405,10 @@ ANNOTATIONS: tuple[AnnotationSpec, ...] = (
         "VirtletVCPUCount", "vcpu_count", _VCPU_ACCEPTED, "1",
         "Number of virtual CPUs. The CPU quota from resources.limits.cpu is divided among them.",
         _parse_vcpus, str,
+        virtlet_difference=(
+            "Virtlet turns 0 and negative counts into 1; vmpod refuses them. Surrounding whitespace "
+            "is forgiven; digits must be ASCII (no underscores)."
+        ),
     ),
     AnnotationSpec(
         "VirtletDiskDriver", "disk_driver", _enum_accepted(DiskDriver) + " (case-sensitive)", "scsi",
@@ -401,16 +425,28 @@ ANNOTATIONS: tuple[AnnotationSpec, ...] = (
         "VirtletCloudInitMetaData", "cloud_init_meta_data", "a YAML or JSON mapping", "none",
         "Keys that overwrite the generated meta-data keys (shallow).",
         _parse_mapping, _format_yaml,
+        virtlet_difference=(
+            "The mapping must hold JSON data: string keys only, no duplicate keys, no YAML tags such "
+            "as !!binary, no NaN or infinity; dates stay strings."
+        ),
     ),
     AnnotationSpec(
         "VirtletCloudInitUserData", "cloud_init_user_data", "a YAML or JSON mapping", "none",
         "cloud-config keys deep-merged into the generated user-data.",
         _parse_mapping, _format_yaml,
+        virtlet_difference=(
+            "The mapping must hold JSON data: string keys only, no duplicate keys, no YAML tags such "
+            "as !!binary, no NaN or infinity; dates stay strings."
+        ),
     ),
     AnnotationSpec(
         "VirtletCloudInitUserDataOverwrite", "cloud_init_user_data_overwrite", _BOOL_ACCEPTED, "false",
         "Annotation user-data replaces the user-data source, and VirtletSSHKeys replace the key source.",
         _parse_bool, _format_bool,
+        virtlet_difference=(
+            'Virtlet reads anything but "true" as false; vmpod refuses values other than "true", '
+            '"false" and "".'
+        ),
     ),
     AnnotationSpec(
         "VirtletCloudInitUserDataScript", "cloud_init_user_data_script", "any text", "none",
@@ -422,12 +458,20 @@ ANNOTATIONS: tuple[AnnotationSpec, ...] = (
         "VirtletCloudInitUserDataSource", "cloud_init_user_data_source", _SOURCE_ACCEPTED, "none",
         "A ConfigMap or Secret whose keys are top-level user-data keys (values parsed as YAML).",
         _parse_plain_source, _format_source,
+        virtlet_difference=(
+            "Values of the object that are not valid YAML are errors (Virtlet silently drops them). "
+            "The object must be in the same input, and NAME must be a DNS subdomain."
+        ),
     ),
     AnnotationSpec(
         "VirtletCloudInitUserDataSourceKey", "cloud_init_user_data_source_key",
         "a key of the merged user-data", "none",
         "Use the value under this key of the merged user-data as the user-data script.",
         _parse_optional_text, _format_optional_text,
+        virtlet_difference=(
+            "The script is the object's value taken verbatim, not its YAML parse, so a plain "
+            "#!/bin/sh script keeps its first line and its newlines (Virtlet folds it into one line)."
+        ),
     ),
     AnnotationSpec(
         "VirtletCloudInitUserDataSourceEncoding", "cloud_init_user_data_source_encoding",
@@ -444,11 +488,16 @@ ANNOTATIONS: tuple[AnnotationSpec, ...] = (
         "VirtletSSHKeySource", "ssh_key_source", _KEYED_SOURCE_ACCEPTED, "none (key: authorized_keys)",
         "A ConfigMap or Secret key holding SSH public keys, one per line.",
         _parse_keyed_source, _format_source,
+        virtlet_difference=(
+            "The object must be in the same input; NAME must be a DNS subdomain and KEY must not be "
+            "empty."
+        ),
     ),
     AnnotationSpec(
         "VirtletRootVolumeSize", "root_volume_size", _SIZE_ACCEPTED, "the image's virtual size",
         "Size of the root disk; used when larger than the image's virtual size.",
         _parse_size, _format_size,
+        virtlet_difference="Virtlet ignores negative sizes; vmpod refuses them, and sizes that are not whole bytes.",
     ),
     AnnotationSpec(
         "VirtletCPUModel", "cpu_model", '"host-model" (or empty)', "the hypervisor default",
@@ -459,6 +508,10 @@ ANNOTATIONS: tuple[AnnotationSpec, ...] = (
         "VirtletLibvirtCPUSetting", "libvirt_cpu_setting", _CPU_ACCEPTED, "none",
         "The whole libvirt <cpu> element; takes precedence over VirtletCPUModel.",
         _parse_libvirt_cpu, _format_libvirt_cpu,
+        virtlet_difference=(
+            "Unknown fields are errors (Virtlet's YAML decoding ignores them), values are checked "
+            "against libvirt's choices, and a field written twice in different case is an error."
+        ),
     ),
     AnnotationSpec(
         "VirtletSystemUUID", "system_uuid", "a UUID", "derived from the pod UID",
@@ -469,16 +522,25 @@ ANNOTATIONS: tuple[AnnotationSpec, ...] = (
         "VirtletForceDHCPNetworkConfig", "force_dhcp_network_config", _BOOL_ACCEPTED, "false",
         "Leave network-config out of the seed so the guest uses DHCP.",
         _parse_bool, _format_bool,
+        virtlet_difference=(
+            'Virtlet reads anything but "true" as false; vmpod refuses values other than "true", '
+            '"false" and "".'
+        ),
     ),
     AnnotationSpec(
         "VirtletChown9pfsMounts", "chown_9pfs_mounts", _BOOL_ACCEPTED, "false",
         "Recursively chown directories shared with the guest over 9p to the hypervisor's user.",
         _parse_bool, _format_bool,
+        virtlet_difference=(
+            'Virtlet reads anything but "true" as false; vmpod refuses values other than "true", '
+            '"false" and "".'
+        ),
     ),
     AnnotationSpec(
         "VirtletFilesFromDataSource", "files_from_data_source", _SOURCE_ACCEPTED, "none",
         "Files written into the root filesystem before first boot: KEY (content), KEY_path, KEY_encoding.",
         _parse_plain_source, _format_source,
+        virtlet_difference="The object must be in the same input, and NAME must be a DNS subdomain.",
     ),
 )
 

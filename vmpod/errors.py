@@ -11,7 +11,7 @@ Every error vmpod raises on purpose derives from :class:`VmpodError`::
      +-- InvalidTransition    an operation not allowed in the object's current state
      +-- BackendError         a hypervisor backend failed; carries the hypervisor's message
      |    +-- BackendUnavailable   the backend cannot be reached or is not installed
-     +-- PluginConflictError  two plugins register the same name
+     +-- PluginConflictError  two plugins register the same name (or a name that is not a DNS label)
 
 The CLI prints a :class:`VmpodError` as a one-line (or one line per problem)
 message and exits non-zero; it never prints a traceback for one.  Anything
@@ -20,6 +20,7 @@ else escaping is a bug in vmpod.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -238,7 +239,7 @@ class BackendUnavailable(BackendError):
 
 
 class PluginConflictError(VmpodError):
-    """Two plugins register a backend, volume handler or image source with the same name."""
+    """Two plugins register a backend, volume handler or image source with the same name (or an invalid one)."""
 
 
 def join_path(prefix: str, path: str) -> str:
@@ -252,8 +253,18 @@ def join_path(prefix: str, path: str) -> str:
     return f"{prefix}.{path}"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+_REPR.maxlevel = 3
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 8
+
+
 def _show(value: object, limit: int = 80) -> str:
-    text = repr(value)
+    """A short repr of ``value``; its cost does not grow with the size of ``value``."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int too large to print
+        text = f"<{type(value).__name__}>"
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text

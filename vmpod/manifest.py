@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,8 +31,8 @@ from typing import Any, TypeVar
 import attrs
 
 from vmpod import datasources
-from vmpod.annotations import is_vm_pod, parse_annotations
-from vmpod.errors import ErrorCollector, SpecError, SpecErrors, join_path
+from vmpod.annotations import ANNOTATIONS, is_vm_pod, parse_annotations
+from vmpod.errors import ErrorCollector, SpecError, join_path
 from vmpod.model import (
     TARGET_RUNTIME_ANNOTATION,
     VIRTLET_RUNTIME,
@@ -66,12 +67,15 @@ from vmpod.model import (
     VolumeDevice,
     VolumeMount,
 )
-from vmpod.names import is_dns_label, is_dns_subdomain
+from vmpod.names import is_dns_label, is_dns_subdomain, is_label_key, is_label_value
 from vmpod.quantity import ACCEPTED_QUANTITY, Quantity, parse_quantity
 from vmpod.yamlutil import safe_load_all_limited
 
 __all__ = [
     "FLEXVOLUME_DRIVER",
+    "FLEXVOLUME_TYPES",
+    "KEPT_KINDS",
+    "VOLUME_KINDS",
     "WORKLOAD_KINDS",
     "LoadResult",
     "load_manifest_files",
@@ -81,7 +85,9 @@ __all__ = [
 
 FLEXVOLUME_DRIVER = "virtlet/flexvolume_driver"
 WORKLOAD_KINDS = ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob")
-_KEPT_KINDS = ("ConfigMap", "Secret", "PersistentVolumeClaim", "PersistentVolume")
+#: Kinds kept from the input and used where a pod refers to them (other kinds are skipped with a note).
+KEPT_KINDS = ("ConfigMap", "Secret", "PersistentVolumeClaim", "PersistentVolume")
+_KEPT_KINDS = KEPT_KINDS
 _POD_UID_NAMESPACE = uuid.UUID("0b7d7b5e-5b0c-4f4e-9a57-6a1f7c5d3e21")
 # Kubernetes' alphabet for generated name suffixes (no vowels, no confusable digits).
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -117,10 +123,10 @@ class _Fields:
         self.path = path
         self.errors = errors
 
-    def at(self, key: str) -> str:
-        return join_path(self.path, key)
+    def at(self, key: object) -> str:
+        return join_path(self.path, key if isinstance(key, str) else repr(key))
 
-    def fail(self, key: str, message: str, value: object = None, accepted: str | None = None,
+    def fail(self, key: object, message: str, value: object = None, accepted: str | None = None,
              *, has_value: bool = True) -> None:
         if has_value:
             self.errors.add(SpecError(self.at(key), message, value=value, accepted=accepted))
@@ -140,6 +146,8 @@ class _Fields:
 
     def string(self, key: str, default: str = "", *, required: bool = False) -> str:
         value: str = self._typed(key, (str,), "a string", default, required)
+        if required and value == "" and self.data.get(key) == "":
+            self.fail(key, "must not be empty", value, "a non-empty string")
         return value
 
     def optional_string(self, key: str) -> str | None:
@@ -212,6 +220,8 @@ class _Objects:
     data: Mapping[tuple[DataKind, str, str], DataObject]
     claims: Mapping[tuple[str, str], Mapping[str, Any]]
     volumes: Mapping[str, Mapping[str, Any]]
+    #: PersistentVolumes by the (namespace, name) of the claim in their ``claimRef``, first one first.
+    claimed: Mapping[tuple[str, str], Mapping[str, Any]] = attrs.field(factory=dict)
 
 
 def _decode_data_object(kind: DataKind, doc: _Fields, namespace: str, name: str) -> DataObject:
@@ -309,7 +319,7 @@ def _probe(fields: _Fields) -> Probe | None:
     handler: ProbeHandler | None = None
     kinds = [k for k in ("tcpSocket", "httpGet", "exec", "grpc") if k in fields.data]
     if len(kinds) != 1:
-        fields.fail("", "a probe needs exactly one of tcpSocket, httpGet, exec", sorted(fields.data),
+        fields.fail("", "a probe needs exactly one of tcpSocket, httpGet, exec", _key_list(fields.data),
                     "tcpSocket, httpGet or exec")
         return None
     kind = kinds[0]
@@ -370,25 +380,32 @@ _FLEX_CAPACITY_ACCEPTED = "a number with an optional unit B, KB, K, KiB, MB, M, 
     "PB, P, PiB, EB, E, EiB (no unit: MB)"
 
 
+_FLEX_CAPACITY_RE = re.compile(r"\s*([0-9]+)\s*(\S*)\s*", re.ASCII)
+
+
 def parse_flex_capacity(text: str) -> int:
     """A Virtlet qcow2 flexvolume ``capacity`` in bytes (libvirt units; no unit means MB = 10^6)."""
-    stripped = text.strip()
-    digits = ""
-    while stripped and stripped[0].isdigit():
-        digits, stripped = digits + stripped[0], stripped[1:]
-    unit = stripped.strip().lower() or "mb"
-    if not digits or unit not in _FLEX_CAPACITY_UNITS or " " in unit:
+    # Virtlet's regexp: ^\s*(\d+)\s*(\S*)\s*$ (Go's \d is ASCII only).
+    match = _FLEX_CAPACITY_RE.fullmatch(text)
+    unit = (match[2] if match else "").lower() or "mb"
+    if match is None or unit not in _FLEX_CAPACITY_UNITS:
         raise SpecError("", "invalid capacity", value=text, accepted=_FLEX_CAPACITY_ACCEPTED)
-    return int(digits) * _FLEX_CAPACITY_UNITS[unit]
+    if len(match[1]) > 30:
+        raise SpecError("", "capacity too large", value=text, accepted=_FLEX_CAPACITY_ACCEPTED)
+    capacity = int(match[1]) * _FLEX_CAPACITY_UNITS[unit]
+    if capacity == 0:
+        raise SpecError("", "capacity must not be zero", value=text, accepted=_FLEX_CAPACITY_ACCEPTED)
+    return capacity
 
 
 def _flex_part(options: _Fields) -> int | None:
     raw = options.data.get("part")
     if raw is None:
         return None
-    if isinstance(raw, str) and raw.isdigit():
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 3:
         return int(raw)
-    options.fail("part", "invalid partition number", raw, 'a string holding a number ("0": the whole disk)')
+    options.fail("part", "invalid partition number", raw,
+                 'a string holding a number from 0 to 999 ("0": the whole disk)')
     return None
 
 
@@ -428,7 +445,11 @@ def _flex_volume(name: str, fields: _Fields) -> FlexVolume | None:
     return None
 
 
-_VOLUME_KINDS = ("emptyDir", "hostPath", "configMap", "secret", "persistentVolumeClaim", "flexVolume")
+#: Pod volume sources a VM pod may use.
+VOLUME_KINDS = ("emptyDir", "hostPath", "configMap", "secret", "persistentVolumeClaim", "flexVolume")
+_VOLUME_KINDS = VOLUME_KINDS
+#: ``options.type`` values of Virtlet's flexvolume driver.
+FLEXVOLUME_TYPES = ("qcow2", "raw", "ceph")
 
 
 def _volume(fields: _Fields, namespace: str, objects: _Objects) -> Volume | None:
@@ -437,7 +458,7 @@ def _volume(fields: _Fields, namespace: str, objects: _Objects) -> Volume | None
         fields.fail("name", "invalid volume name", name, "a DNS label (lower-case alphanumerics and '-')")
     kinds = [k for k in fields.data if k != "name"]
     if len(kinds) != 1:
-        fields.fail("", "a volume needs exactly one source", sorted(kinds), ", ".join(_VOLUME_KINDS))
+        fields.fail("", "a volume needs exactly one source", _key_list(kinds), ", ".join(_VOLUME_KINDS))
         return None
     kind = kinds[0]
     if kind not in _VOLUME_KINDS:
@@ -485,6 +506,10 @@ def _volume(fields: _Fields, namespace: str, objects: _Objects) -> Volume | None
     return _flex_volume(name, sub)
 
 
+def _key_list(keys: Iterable[Any]) -> list[str]:
+    return sorted(k if isinstance(k, str) else repr(k) for k in keys)
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -500,10 +525,9 @@ def _claim_volume(name: str, claim: str, read_only: bool, namespace: str,
     candidates = [objects.volumes[volume_name]] if isinstance(volume_name, str) and \
         volume_name in objects.volumes else []
     if not candidates:
-        for pv in objects.volumes.values():
-            ref = _dict(_dict(pv.get("spec")).get("claimRef"))
-            if ref.get("name") == claim and ref.get("namespace", "default") == namespace:
-                candidates.append(pv)
+        pv = objects.claimed.get((namespace, claim))
+        if pv is not None:
+            candidates.append(pv)
     bound = None
     if candidates:
         pv_spec = _dict(candidates[0].get("spec"))
@@ -525,7 +549,29 @@ def _claim_volume(name: str, claim: str, read_only: bool, namespace: str,
                                        volume_mode=str(mode), persistent_volume=bound)
 
 
-def _env(container: _Fields, meta: Mapping[str, Any], namespace: str, objects: _Objects) -> tuple[EnvVar, ...]:
+@attrs.frozen
+class _FieldRef:
+    """An env value from the pod's own fields, known only once the replica is named."""
+
+    path: str
+
+
+_FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.serviceAccountName")
+_FIELD_TABLES = ("metadata.labels", "metadata.annotations")
+
+
+def _resolve_field(path: str, pod: VMPod) -> str:
+    simple = {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "metadata.uid": pod.uid,
+              "spec.serviceAccountName": "default"}
+    if path in simple:
+        return simple[path]
+    table = pod.labels if path.startswith("metadata.labels") else pod.annotations
+    return table.get(path.partition("['")[2][:-2], "")
+
+
+def _env(container: _Fields, namespace: str, objects: _Objects,
+         field_refs: list[tuple[int, str]]) -> tuple[EnvVar, ...]:
+    """The container's environment; ``fieldRef`` entries are recorded in ``field_refs`` for :func:`_stamp`."""
     result: list[EnvVar] = []
     for source in container.items("envFrom"):
         prefix = source.string("prefix")
@@ -547,14 +593,16 @@ def _env(container: _Fields, meta: Mapping[str, Any], namespace: str, objects: _
             result.append(EnvVar(name, item.string("value")))
             continue
         value_from = item.sub("valueFrom")
-        value = _env_value_from(value_from, meta, namespace, objects)
-        if value is not None:
+        value = _env_value_from(value_from, namespace, objects)
+        if isinstance(value, _FieldRef):
+            field_refs.append((len(result), value.path))
+            result.append(EnvVar(name, ""))
+        elif value is not None:
             result.append(EnvVar(name, value))
     return tuple(result)
 
 
-def _env_value_from(fields: _Fields, meta: Mapping[str, Any], namespace: str,
-                    objects: _Objects) -> str | None:
+def _env_value_from(fields: _Fields, namespace: str, objects: _Objects) -> str | _FieldRef | None:
     for key, kind in (("configMapKeyRef", DataKind.CONFIGMAP), ("secretKeyRef", DataKind.SECRET)):
         if key in fields.data:
             ref = fields.sub(key)
@@ -576,29 +624,26 @@ def _env_value_from(fields: _Fields, meta: Mapping[str, Any], namespace: str,
     if "fieldRef" in fields.data:
         ref = fields.sub("fieldRef")
         path = ref.string("fieldPath", required=True)
-        simple = {"metadata.name": meta.get("name"), "metadata.namespace": namespace,
-                  "metadata.uid": meta.get("uid"), "spec.serviceAccountName": "default"}
-        if path in simple:
-            return str(simple[path] or "")
-        for prefix, table in (("metadata.labels", meta.get("labels")),
-                              ("metadata.annotations", meta.get("annotations"))):
-            if path.startswith(prefix + "['") and path.endswith("']") and isinstance(table, dict):
-                return str(table.get(path[len(prefix) + 2:-2], ""))
+        if path in _FIELD_PATHS or any(path.startswith(f"{table}['") and path.endswith("']")
+                                       and len(path) > len(table) + 4 for table in _FIELD_TABLES):
+            return _FieldRef(path)
+        if not path:
+            return None
         ref.fail("fieldPath", "unsupported field for a VM pod", path,
                  "metadata.name, metadata.namespace, metadata.uid, metadata.labels['K'], "
                  "metadata.annotations['K']")
         return None
-    fields.fail("", "unsupported valueFrom", sorted(fields.data), "configMapKeyRef, secretKeyRef or fieldRef")
+    fields.fail("", "unsupported valueFrom", _key_list(fields.data), "configMapKeyRef, secretKeyRef or fieldRef")
     return None
 
 
-def _container(fields: _Fields, pod_volumes: Mapping[str, Volume], meta: Mapping[str, Any], namespace: str,
-               objects: _Objects) -> Container:
+def _container(fields: _Fields, pod_volumes: Mapping[str, Volume], namespace: str, objects: _Objects,
+               field_refs: list[tuple[int, str]]) -> Container:
     name = fields.string("name", required=True)
     if name and not is_dns_label(name):
         fields.fail("name", "invalid container name", name, "a DNS label (lower-case alphanumerics and '-')")
     image = fields.string("image", required=True)
-    if "image" in fields.data and isinstance(fields.data["image"], str) and not image.strip():
+    if image and not image.strip():
         fields.fail("image", "image must not be empty", image, "a VM disk image name or URL")
     policy = fields.choice("imagePullPolicy", PullPolicy, [p.value for p in PullPolicy],
                            _default_pull_policy(image))
@@ -650,7 +695,7 @@ def _container(fields: _Fields, pod_volumes: Mapping[str, Volume], meta: Mapping
         name=name,
         image=image.strip(),
         image_pull_policy=policy,
-        env=_env(fields, meta, namespace, objects),
+        env=_env(fields, namespace, objects, field_refs),
         tty=fields.boolean("tty"),
         stdin=fields.boolean("stdin"),
         resources=Resources(limits=_resource_list(resources.sub("limits")),
@@ -669,32 +714,68 @@ def _claim_known(objects: _Objects, namespace: str, claim: str) -> bool:
 
 @attrs.frozen
 class _Template:
-    """A pod template, parsed once and stamped out for every replica."""
+    """A pod template, parsed once and stamped out for every replica.
+
+    ``field_refs`` are the container env entries (index, fieldPath) whose
+    value depends on the replica (``metadata.name``...), filled by :func:`_stamp`.
+    """
 
     pod: VMPod
+    field_refs: tuple[tuple[int, str], ...] = ()
+
+
+_ANNOTATION_KEYS = frozenset(spec.key for spec in ANNOTATIONS)
+_QUALIFIED_NAME = "[prefix/]name: name up to 63 alphanumerics, '-', '_' or '.', prefix a DNS subdomain"
+
+
+def _metadata_maps(meta: _Fields) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
+    """Labels, annotations (string values only) and the raw values of Virtlet's annotation keys."""
+    labels = meta.string_map("labels")
+    for key, value in labels.items():
+        if not is_label_key(key):
+            meta.fail("labels", "invalid label key", key, _QUALIFIED_NAME)
+        elif not is_label_value(value):
+            meta.errors.add(SpecError(join_path(meta.at("labels"), key), "invalid label value", value=value,
+                                      accepted="up to 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends"))
+    annotations: dict[str, str] = {}
+    virtlet: dict[str, object] = {}
+    raw: dict[Any, Any] = meta.mapping("annotations")
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            meta.fail("annotations", "keys must be strings", key)
+        elif not is_label_key(key):
+            meta.fail("annotations", "invalid annotation key", key, _QUALIFIED_NAME)
+        elif key in _ANNOTATION_KEYS:
+            # parse_annotations reports a value that is not a string with what the annotation accepts.
+            virtlet[key] = value
+            if isinstance(value, str):
+                annotations[key] = value
+        elif not isinstance(value, str):
+            meta.errors.add(SpecError(join_path(meta.at("annotations"), key), "annotation values must be strings",
+                                      value=value, accepted="a string (quote numbers and booleans)"))
+        else:
+            annotations[key] = value
+    return labels, annotations, virtlet
+
+
+def _not_vm_pod(meta: _Fields, found: object) -> SpecError:
+    where = join_path(meta.at("annotations"), TARGET_RUNTIME_ANNOTATION)
+    hint = (f"vmpod runs only pods annotated {TARGET_RUNTIME_ANNOTATION}: {VIRTLET_RUNTIME} "
+            "(--accept-non-vm runs it anyway)")
+    if found is None:
+        return SpecError(where, f"not a VM pod: the annotation is missing; {hint}", accepted=VIRTLET_RUNTIME)
+    return SpecError(where, f"not a VM pod: {hint}", value=found, accepted=VIRTLET_RUNTIME)
 
 
 def _parse_template(meta: _Fields, spec: _Fields, namespace: str, objects: _Objects,
-                    accept_non_vm: bool) -> VMPod | None:
+                    accept_non_vm: bool) -> _Template | None:
     errors_before = len(meta.errors.errors)
-    annotations = meta.string_map("annotations")
-    labels = meta.string_map("labels")
+    labels, annotations, virtlet = _metadata_maps(meta)
     if not is_vm_pod(annotations) and not accept_non_vm:
-        found = annotations.get(TARGET_RUNTIME_ANNOTATION)
-        meta.errors.add(SpecError(
-            join_path(meta.at("annotations"), TARGET_RUNTIME_ANNOTATION),
-            "not a VM pod: vmpod runs only pods annotated "
-            f"{TARGET_RUNTIME_ANNOTATION}: {VIRTLET_RUNTIME} (--accept-non-vm runs it anyway)",
-            value=found, accepted=VIRTLET_RUNTIME,
-        ) if found is not None else SpecError(
-            join_path(meta.at("annotations"), TARGET_RUNTIME_ANNOTATION),
-            "not a VM pod: the annotation is missing; vmpod runs only pods annotated "
-            f"{TARGET_RUNTIME_ANNOTATION}: {VIRTLET_RUNTIME} (--accept-non-vm runs it anyway)",
-            accepted=VIRTLET_RUNTIME,
-        ))
+        meta.errors.add(_not_vm_pod(meta, meta.mapping("annotations").get(TARGET_RUNTIME_ANNOTATION)))
         return None
     try:
-        vm = parse_annotations(annotations, meta.at("annotations"))
+        vm = parse_annotations(virtlet, meta.at("annotations"))
     except SpecError as exc:
         meta.errors.add(exc)
         vm = None
@@ -717,8 +798,9 @@ def _parse_template(meta: _Fields, spec: _Fields, namespace: str, objects: _Obje
         spec.fail("containers", "VM pods have exactly one container", count,
                   "a list with exactly one container (the VM)")
         return None
+    field_refs: list[tuple[int, str]] = []
     container = _container(_Fields(containers[0], spec.at("containers[0]"), spec.errors), volumes,
-                           meta.data, namespace, objects)
+                           namespace, objects, field_refs)
     if spec.data.get("hostNetwork"):
         spec.fail("hostNetwork", "hostNetwork is not supported for VM pods", True, "false")
     hostname = spec.optional_string("hostname")
@@ -749,7 +831,7 @@ def _parse_template(meta: _Fields, spec: _Fields, namespace: str, objects: _Obje
             meta.errors.add(exc.located(_meta_prefix(meta.path)))
     if len(meta.errors.errors) > errors_before:
         return None
-    return pod
+    return _Template(pod, tuple(field_refs))
 
 
 def _meta_prefix(meta_path: str) -> str:
@@ -757,26 +839,37 @@ def _meta_prefix(meta_path: str) -> str:
     return meta_path.removesuffix("metadata").rstrip(".")
 
 
-def _stamp(template: VMPod, name: str, *, uid: str | None = None, hostname: str | None = None,
+def _stamp(template: _Template, name: str, *, uid: str | None = None, hostname: str | None = None,
            subdomain: str | None = None, labels: Mapping[str, str] | None = None) -> VMPod:
-    return attrs.evolve(
-        template, name=name, uid=uid or _pod_uid(template.namespace, name),
-        hostname=hostname if hostname is not None else template.hostname,
-        subdomain=subdomain if subdomain is not None else template.subdomain,
-        labels=dict(labels) if labels is not None else template.labels,
+    base = template.pod
+    pod = attrs.evolve(
+        base, name=name, uid=uid or _pod_uid(base.namespace, name),
+        hostname=hostname if hostname is not None else base.hostname,
+        subdomain=subdomain if subdomain is not None else base.subdomain,
+        labels=dict(labels) if labels is not None else base.labels,
     )
+    if template.field_refs:
+        env = list(pod.container.env)
+        for index, path in template.field_refs:
+            env[index] = EnvVar(env[index].name, _resolve_field(path, pod))
+        pod = attrs.evolve(pod, container=attrs.evolve(pod.container, env=tuple(env)))
+    return pod
+
+
+_JOB_RESTART = (RestartPolicy.ON_FAILURE, RestartPolicy.NEVER)
 
 
 def _expand(kind: str, doc: _Fields, objects: _Objects, accept_non_vm: bool) -> list[VMPod]:
     meta = doc.sub("metadata", required=True)
     name = meta.string("name", required=True)
     namespace = meta.string("namespace", "default") or "default"
+    # A bad name or namespace gives no pods, but the rest is still checked so every error is reported.
     if name and not is_dns_subdomain(name):
         meta.fail("name", "invalid name", name, "a DNS subdomain (lower-case alphanumerics, '-' and '.')")
-        return []
+        name = ""
     if not is_dns_label(namespace):
         meta.fail("namespace", "invalid namespace", namespace, "a DNS label")
-        return []
+        namespace = "default"
     if kind == "Pod":
         template = _parse_template(meta, doc.sub("spec", required=True), namespace, objects, accept_non_vm)
         if template is None or not name:
@@ -785,19 +878,36 @@ def _expand(kind: str, doc: _Fields, objects: _Objects, accept_non_vm: bool) -> 
     spec = doc.sub("spec", required=True)
     if kind == "CronJob":
         spec = spec.sub("jobTemplate", required=True).sub("spec", required=True)
+    if kind in ("Job", "CronJob"):
+        # Kubernetes runs min(parallelism, completions) pods of a Job at once.
+        replicas = spec.integer("parallelism", 1, minimum=0, maximum=MAX_REPLICAS)
+        if spec.data.get("completions") is not None:
+            replicas = min(replicas, spec.integer("completions", 1, minimum=0, maximum=MAX_REPLICAS))
+    elif kind == "DaemonSet":
+        replicas = 1  # one node: this one
+    else:
+        replicas = spec.integer("replicas", 1, minimum=0, maximum=MAX_REPLICAS)
+    service = spec.optional_string("serviceName") if kind == "StatefulSet" else None
+    if kind == "StatefulSet":
+        if service is not None and not is_dns_label(service):
+            spec.fail("serviceName", "invalid service name", service, "a DNS label")
+        last = f"{name}-{max(replicas - 1, 0)}"
+        if name and not is_dns_label(last):
+            meta.fail("name", "StatefulSet pod names are their hostnames and must be DNS labels", name,
+                      f"a DNS label short enough for {last!r} (at most 63 characters)")
+            name = ""
     template_fields = spec.sub("template", required=True)
     template_meta = template_fields.sub("metadata")
     template = _parse_template(template_meta, template_fields.sub("spec", required=True), namespace, objects,
                                accept_non_vm)
     if template is None or not name:
         return []
-    if kind in ("DaemonSet", "Job", "CronJob"):
-        replicas = 1
-    else:
-        replicas = spec.integer("replicas", 1, minimum=0, maximum=MAX_REPLICAS)
-    labels = dict(template.labels)
+    if kind in ("Job", "CronJob") and template.pod.restart_policy not in _JOB_RESTART:
+        template_fields.fail("spec.restartPolicy", f"a {kind} needs a restartPolicy",
+                             template.pod.restart_policy.value, '"OnFailure" or "Never"')
+        return []
+    labels = dict(template.pod.labels)
     if kind == "StatefulSet":
-        service = spec.optional_string("serviceName")
         pods = []
         for index in range(replicas):
             pod_name = f"{name}-{index}"
@@ -813,6 +923,10 @@ def _expand(kind: str, doc: _Fields, objects: _Objects, accept_non_vm: bool) -> 
         base = f"{name}-{template_hash[:8]}"
     else:
         base = name
+    if len(base) + 6 > 253:
+        meta.fail("name", f"too long for the names of the {kind}'s pods", name,
+                  f"a name of at most {253 - 6 - (len(base) - len(name))} characters")
+        return []
     return [_stamp(template, f"{base}-{_suffix(f'{namespace}/{kind}/{name}/{i}')}", labels=labels)
             for i in range(replicas)]
 
@@ -827,6 +941,9 @@ def _collect_objects(documents: list[tuple[_Fields, str]]) -> _Objects:
         meta = doc.sub("metadata", required=True)
         name = meta.string("name", required=True)
         namespace = meta.string("namespace", "default") or "default"
+        if name and not is_dns_subdomain(name):
+            meta.fail("name", "invalid name", name, "a DNS subdomain (lower-case alphanumerics, '-' and '.')")
+            continue
         if kind in ("ConfigMap", "Secret"):
             data_kind = DataKind.CONFIGMAP if kind == "ConfigMap" else DataKind.SECRET
             data[(data_kind, namespace, name)] = _decode_data_object(data_kind, doc, namespace, name)
@@ -834,7 +951,13 @@ def _collect_objects(documents: list[tuple[_Fields, str]]) -> _Objects:
             claims[(namespace, name)] = doc.data
         else:
             volumes[name] = doc.data
-    return _Objects(data=data, claims=claims, volumes=volumes)
+    claimed: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for pv in volumes.values():
+        ref = _dict(_dict(pv.get("spec")).get("claimRef"))
+        key = (ref.get("namespace", "default"), ref.get("name"))
+        if isinstance(key[0], str) and isinstance(key[1], str):
+            claimed.setdefault((key[0], key[1]), pv)
+    return _Objects(data=data, claims=claims, volumes=volumes, claimed=claimed)
 
 
 def _flatten(raw_documents: Iterable[Any], errors: ErrorCollector) -> list[tuple[_Fields, str]]:
@@ -920,6 +1043,7 @@ def load_manifest_files(paths: Sequence[str | Path], *, accept_non_vm: bool = Fa
     """Read VM pods from several files (``-`` is standard input); every file's errors are reported."""
     errors = ErrorCollector()
     pods: list[VMPod] = []
+    sources: list[str] = []
     notes: list[str] = []
     for path in paths:
         name = str(path)
@@ -929,17 +1053,24 @@ def load_manifest_files(paths: Sequence[str | Path], *, accept_non_vm: bool = Fa
             errors.add(SpecError("", f"cannot read the file: {getattr(exc, 'strerror', None) or exc}",
                                  source=name))
             continue
+        source = name if name != "-" else "<stdin>"
         try:
-            result = load_manifest_text(text, name if name != "-" else "<stdin>", accept_non_vm=accept_non_vm)
+            result = load_manifest_text(text, source, accept_non_vm=accept_non_vm)
         except SpecError as exc:
             errors.add(exc)
             continue
         pods.extend(result.pods)
+        sources.extend(source for _ in result.pods)
         notes.extend(result.notes)
     errors.raise_if_any()
-    names = [(p.namespace, p.name) for p in pods]
-    if len(set(names)) != len(names):
-        duplicates = sorted({f"{ns}/{n}" for ns, n in names if names.count((ns, n)) > 1})
-        raise SpecErrors([SpecError("metadata.name", "duplicate pod name across the input files", value=d,
-                                    accepted="unique pod names per namespace") for d in duplicates])
+    first_source: dict[tuple[str, str], str] = {}
+    for pod, source in zip(pods, sources, strict=True):
+        key = (pod.namespace, pod.name)
+        if key in first_source:
+            errors.add(SpecError("metadata.name", f"duplicate pod name across the input files (also in "
+                                 f"{first_source[key]})", value=pod.full_name,
+                                 accepted="unique pod names per namespace", source=source))
+        else:
+            first_source[key] = source
+    errors.raise_if_any()
     return LoadResult(pods=tuple(pods), notes=tuple(notes))

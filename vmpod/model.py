@@ -204,6 +204,8 @@ class LibvirtCPU:
     vendor: str | None = None
     topology: CPUTopology | None = None
     features: tuple[CPUFeature, ...] = ()
+    #: ``<model vendor_id=...>``: the CPU vendor the guest sees (``model: {vendorid: ...}``).
+    model_vendor_id: str | None = None
 
 
 # --------------------------------------------------------------------------- VM settings

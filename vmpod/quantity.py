@@ -51,6 +51,9 @@ ACCEPTED_QUANTITY = (
 # Exponents this large are never meaningful for a VM and would make Fraction
 # arithmetic (and memory) explode on hostile input.
 _MAX_EXPONENT = 64
+# Likewise for the number of digits (Python also refuses to convert more than
+# 4300 digits to an int, with a ValueError).
+_MAX_DIGITS = 100
 
 
 @attrs.frozen(eq=False)
@@ -114,6 +117,9 @@ def parse_quantity(text: object) -> Quantity:
     match = _QUANTITY_RE.fullmatch(stripped)
     if match is None:
         raise SpecError("", "not a quantity", value=text, accepted=ACCEPTED_QUANTITY)
+    if len(match["number"]) > _MAX_DIGITS or len(match["exponent"] or "") > 10:
+        raise SpecError("", "quantity has too many digits", value=text,
+                        accepted=f"at most {_MAX_DIGITS} digits")
     number = Fraction(match["number"] if not match["number"].endswith(".") else match["number"][:-1])
     if match["sign"] == "-":
         number = -number

@@ -8,7 +8,20 @@ from collections.abc import Iterable
 
 from vmpod.errors import SpecError, SpecErrors
 
-__all__ = ["add_input_arguments", "print_errors", "print_notes"]
+__all__ = ["add_input_arguments", "print_errors", "print_notes", "safe_streams", "stdout_is_utf8"]
+
+
+def safe_streams() -> None:
+    """Never fail on a character the terminal cannot show: escape it instead."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+def stdout_is_utf8() -> bool:
+    """True when standard output encodes every character (else JSON output is written as ASCII)."""
+    return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
