@@ -16,7 +16,6 @@ from pathlib import Path
 import attrs
 import pytest
 from vmpod_qemu.backend import QemuBackend
-from vmpod_qemu.supervisor import proc_starttime, read_json, write_json
 
 from tests.support.qemu import (
     destroy_all,
@@ -30,6 +29,7 @@ from tests.support.qemu import (
 from vmpod.backend import MachineState
 from vmpod.errors import BackendError, InvalidTransition
 from vmpod.machine import MARKER_LABEL, Machine
+from vmpod.procutil import proc_starttime, read_json, write_json
 from vmpod.testing.conformance import default_machine
 
 

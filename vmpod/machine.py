@@ -165,3 +165,17 @@ class Machine:
     def seed_disk(self) -> Disk | None:
         """The cloud-init seed CD-ROM, if any."""
         return next((d for d in self.disks if d.role is DiskRole.SEED), None)
+
+    def cpu_slots(self) -> int | None:
+        """vCPU slots of the CPU topology in :attr:`libvirt_cpu` (sockets x cores x threads); ``None`` without one.
+
+        :raises ValueError: when the topology has room for fewer than :attr:`vcpus`.
+        """
+        topology = self.libvirt_cpu.topology if self.libvirt_cpu is not None else None
+        if topology is None:
+            return None
+        slots = topology.sockets * topology.cores * topology.threads
+        if slots < self.vcpus:
+            raise ValueError(f"the CPU topology {topology.sockets} sockets x {topology.cores} cores x "
+                             f"{topology.threads} threads has room for {slots} vCPUs, not {self.vcpus}")
+        return slots

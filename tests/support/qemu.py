@@ -13,12 +13,12 @@ from pathlib import Path
 
 import attrs
 from vmpod_qemu.backend import QemuBackend
-from vmpod_qemu.supervisor import read_json
 
 from vmpod.backend import BackendConfig
 from vmpod.cloudinit.iso import CONFIGDRIVE_LABEL, NOCLOUD_LABEL, write_iso
 from vmpod.machine import MARKER_LABEL, Disk, DiskFormat, DiskRole, Filesystem, Machine, Nic
 from vmpod.model import DiskDriver
+from vmpod.procutil import read_json
 
 CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout ([FP]) (.*)$")
 

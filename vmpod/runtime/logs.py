@@ -1,27 +1,21 @@
-"""Console logs in the CRI format: writing, reading, ``--tail`` and ``-f``.
+"""Reading console logs in the CRI format (``vmpod logs``, ``--tail``, ``-f``), and a simple writer.
 
-One line per record (cri-api ``parseCRILog``)::
-
-    2016-10-06T00:17:09.669794202Z stdout F the full line
-    2016-10-06T00:17:09.669794203Z stdout P a partial chunk, continued by the next record
-
-Timestamps are RFC 3339 in UTC with nine fractional digits; ``F`` marks a
-full line (or the last chunk of a long one), ``P`` a partial chunk whose
-trailing newline the reader drops before joining it with the next record.
-Backends append a VM's serial console to the file in this format; crictl and
+The format itself (records, timestamps, :class:`~vmpod.consolelog.LogLine`) is
+:mod:`vmpod.consolelog`'s; its names are re-exported here.  Backends append a VM's serial
+console to the file in this format (:class:`vmpod.consolelog.CriLogWriter`); crictl and
 kubectl read the same file.
 """
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import attrs
+from vmpod.consolelog import MAX_LINE, LogLine, format_record, parse_record, parse_timestamp, timestamp
 
 __all__ = [
     "MAX_LINE",
@@ -35,83 +29,6 @@ __all__ = [
     "timestamp",
 ]
 
-MAX_LINE = 16 * 1024
-"""Longer console lines are split into partial records of at most this many bytes (containerd's default)."""
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_STREAMS = (b"stdout", b"stderr")
-
-
-def timestamp(ns: int) -> str:
-    """``ns`` (since the epoch) as RFC 3339 with nanoseconds in UTC: ``2016-10-06T00:17:09.669794202Z``."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
-
-
-def parse_timestamp(text: str) -> int:
-    """Nanoseconds since the epoch of an RFC 3339 timestamp (any number of fractional digits, any offset).
-
-    :raises ValueError: for anything else.
-    """
-    main, frac, rest = text, "", ""
-    if "." in text:
-        main, _, tail = text.partition(".")
-        digits = len(tail) - len(tail.lstrip("0123456789"))
-        frac, rest = tail[:digits], tail[digits:]
-    else:
-        main, rest = text[:19], text[19:]
-    if not frac.isdigit() and frac:
-        raise ValueError(f"bad timestamp {text!r}")
-    zone = datetime.UTC if rest in ("Z", "z") else datetime.datetime.strptime(rest, "%z").tzinfo
-    moment = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=zone)
-    delta = moment - _EPOCH
-    nanos = int((frac + "000000000")[:9]) if frac else 0
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + nanos
-
-
-@attrs.frozen
-class LogLine:
-    """One log line (partial records joined): ``content`` keeps its trailing newline when it had one."""
-
-    timestamp: int
-    stream: str
-    content: bytes
-    partial: bool = False
-
-
-def format_record(content: bytes, *, stream: str = "stdout", ns: int | None = None, partial: bool = False) -> bytes:
-    """One CRI record for ``content`` (which must not contain a newline except at its end)."""
-    body = content if content.endswith(b"\n") else content + b"\n"
-    tag = b"P" if partial else b"F"
-    return b"%s %s %s %s" % (timestamp(time.time_ns() if ns is None else ns).encode(), stream.encode(), tag, body)
-
-
-def parse_record(record: bytes) -> LogLine:
-    """Parse one CRI record (with or without its newline).
-
-    :raises ValueError: when it is not ``<timestamp> <stdout|stderr> <F|P>[:tags] <content>``.
-    """
-    parts = record.split(b" ", 3)
-    if len(parts) < 3:
-        raise ValueError(f"not a CRI log record: {record[:80]!r}")
-    stamp, stream, tags = parts[0], parts[1], parts[2]
-    content = parts[3] if len(parts) == 4 else b""
-    if len(parts) == 3 and tags.endswith(b"\n"):
-        tags = tags[:-1]
-        content = b"\n"
-    if stream not in _STREAMS:
-        raise ValueError(f"bad stream {stream!r} in a CRI log record")
-    tag = tags.split(b":", 1)[0]
-    if tag not in (b"F", b"P"):
-        raise ValueError(f"bad tag {tags!r} in a CRI log record")
-    partial = tag == b"P"
-    if not content.endswith(b"\n"):
-        content += b"\n"
-    if partial:
-        content = content[:-1]
-    return LogLine(timestamp=parse_timestamp(stamp.decode()), stream=stream.decode(), content=content,
-                   partial=partial)
-
 
 class _Joiner:
     """Joins partial records into whole lines."""
@@ -121,7 +38,8 @@ class _Joiner:
 
     def feed(self, line: LogLine) -> LogLine | None:
         if self.pending is not None:
-            line = attrs.evolve(line, timestamp=self.pending.timestamp, content=self.pending.content + line.content)
+            line = dataclasses.replace(line, timestamp=self.pending.timestamp,
+                                       content=self.pending.content + line.content)
             self.pending = None
         if line.partial:
             self.pending = line

@@ -58,8 +58,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Final
 
-from vmpod_qemu.supervisor import process_matches
-
 from vmpod.accel import detect_accelerator
 from vmpod.backend import (
     BackendConfig,
@@ -79,6 +77,7 @@ from vmpod.errors import (
     SpecError,
 )
 from vmpod.machine import MARKER_LABEL, Machine
+from vmpod.procutil import ProcessIdentity
 from vmpod_libvirt import connection as lv
 from vmpod_libvirt.consolelog import SerialLog
 from vmpod_libvirt.domain import MAX_DISKS, METADATA_NS, DomainMetadata, domain_type, domain_xml, parse_metadata
@@ -267,11 +266,9 @@ class LibvirtBackend:
     @staticmethod
     def _finish_log(directory: Path, log_path: str, boot: str) -> None:
         """Stop the follower (it finishes the log) and make sure every line of ``boot`` is in the log."""
-        info = read_json(directory / FOLLOWER_FILE)
-        if info is not None and process_matches(int(info.get("pid", 0)), int(info.get("starttime", -1)),
-                                                str(info.get("boot_id", ""))):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(info["pid"]), signal.SIGTERM)
+        follower = ProcessIdentity.from_run(read_json(directory / FOLLOWER_FILE) or {})
+        if follower is not None:
+            follower.send(signal.SIGTERM)  # only if it is still the recorded process (through a pidfd)
         deadline = time.monotonic() + _FOLLOWER_GRACE
         while True:
             with locked(directory / FOLLOWER_LOCK, blocking=False) as free:

@@ -6,7 +6,7 @@ libvirt hands the serial port's output to virtlogd, which appends it to
 move up to ``.1``, ``.2``; the oldest beyond ``max_backups`` is deleted) and a new ``serial.raw``
 is started.
 
-The CRI line writing itself is the qemu backend's :class:`vmpod_qemu.supervisor.CriLogWriter`
+The CRI line writing itself is vmpod's :class:`vmpod.consolelog.CriLogWriter`
 (``<RFC3339Nano> stdout F|P <text>``, a checkpoint so that no line is lost or written twice when
 the writer is killed and restarted, partial lines as ``P`` after half a second).  It reads one
 growing file by offset, so :class:`SerialLog` gives it a file that never changes under it: a
@@ -15,9 +15,6 @@ rotates, the link still names the old file (the rename keeps the inode, and even
 backup stays readable through the link); once that file is consumed to its end, the link moves
 to the next file of the rotation and a new writer (its checkpoint keyed by the file's inode)
 starts there at offset 0.
-
-.. note:: ``CriLogWriter`` lives in the vmpod-qemu distribution for now; it belongs in vmpod's
-   core (both backends use it), and this module is the only place that imports it.
 """
 
 from __future__ import annotations
@@ -28,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from vmpod_qemu.supervisor import CriLogWriter
-
+from vmpod.consolelog import CriLogWriter
 from vmpod_libvirt.records import CONSOLE_DIR, SERIAL_RAW
 
 __all__ = ["SerialLog"]

@@ -192,14 +192,10 @@ def parse_metadata(text: str) -> DomainMetadata | None:
 
 
 def _vcpu(domain: ET.Element, machine: Machine) -> None:
-    cpu = machine.libvirt_cpu
-    topology = cpu.topology if cpu is not None else None
-    slots = machine.vcpus
-    if topology is not None:
-        slots = topology.sockets * topology.cores * topology.threads
-        if slots < machine.vcpus:
-            raise BackendError(f"libvirt: the CPU topology {topology.sockets} sockets x {topology.cores} cores x "
-                               f"{topology.threads} threads has room for {slots} vCPUs, not {machine.vcpus}")
+    try:
+        slots = machine.cpu_slots() or machine.vcpus
+    except ValueError as exc:
+        raise BackendError(f"libvirt: {exc}") from None
     if slots > machine.vcpus:
         _sub(domain, "vcpu", str(slots), placement="static", current=str(machine.vcpus))
     else:

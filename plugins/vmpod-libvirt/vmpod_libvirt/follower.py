@@ -30,8 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from vmpod_qemu.supervisor import boot_id, proc_starttime
-
+from vmpod.procutil import ProcessIdentity
 from vmpod_libvirt import connection as lv
 from vmpod_libvirt.consolelog import SerialLog
 from vmpod_libvirt.records import FOLLOWER_FILE, FOLLOWER_LOCK, RUN_FILE, ensure_exit, locked, read_json, write_json
@@ -95,8 +94,9 @@ def follow(directory: Path, log_path: Path, boot: str, watch: _Watch) -> int:
     """Follow the boot until it is over or SIGTERM comes (the caller holds the follower lock)."""
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
-    write_json(directory / FOLLOWER_FILE, {"pid": os.getpid(), "starttime": proc_starttime(os.getpid()),
-                                           "boot_id": boot_id(), "boot": boot})
+    me = ProcessIdentity.of(os.getpid())
+    assert me is not None  # this process runs
+    write_json(directory / FOLLOWER_FILE, {**me.to_run(), "boot": boot})
     log = SerialLog(directory, log_path, boot)
     next_check = 0.0
     ended = False

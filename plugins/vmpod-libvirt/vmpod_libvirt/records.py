@@ -1,4 +1,4 @@
-"""Per-run records of a libvirt machine, in its runtime directory (standard library only).
+"""Per-run records of a libvirt machine, in its runtime directory (standard library and :mod:`vmpod.procutil`).
 
 libvirt knows whether a domain runs, but not when vmpod started it, when it stopped, or why in a
 way that survives a libvirtd restart (an inactive domain's shutoff reason is not kept).  So the
@@ -23,14 +23,11 @@ guest powered off by itself), ``Crashed``, ``StartError`` and ``Error``.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from vmpod_qemu.supervisor import read_json, write_json
+from vmpod import consolelog
+from vmpod.procutil import locked, read_json, write_json
 
 __all__ = [
     "CONSOLE_DIR",
@@ -52,8 +49,9 @@ __all__ = [
     "write_json",
 ]
 
-#: The raw serial output virtlogd appends (and rotates: ``serial.raw.0``, ``.1``...).
-SERIAL_RAW: Final = "serial.raw"
+#: The raw serial output virtlogd appends (and rotates: ``serial.raw.0``, ``.1``...), named as
+#: :class:`vmpod.consolelog.CriLogWriter` reads it (its hard link in :data:`CONSOLE_DIR` has the same name).
+SERIAL_RAW: Final = consolelog.SERIAL_RAW
 RUN_FILE: Final = "libvirt-run.json"
 STOP_FILE: Final = "libvirt-stop.json"
 EXIT_FILE: Final = "libvirt-exit.json"
@@ -85,21 +83,6 @@ def backend_files(directory: Path) -> list[Path]:
     found += sorted(directory.glob(f"{SERIAL_RAW}.*"))
     found += sorted(directory.glob(".libvirt-*.tmp"))
     return found
-
-
-@contextlib.contextmanager
-def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing); yields False when non-blocking and busy."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def exit_for(reason: int, stop: dict[str, Any] | None, boot: str) -> tuple[int, str, str]:

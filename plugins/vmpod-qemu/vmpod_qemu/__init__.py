@@ -4,7 +4,9 @@ Registered under the ``vmpod`` entry-point group as ``qemu`` (see :mod:`vmpod_qe
 Modules: :mod:`~vmpod_qemu.argv` (the pure Machine -> argv function),
 :mod:`~vmpod_qemu.backend` (:class:`~vmpod_qemu.backend.QemuBackend`),
 :mod:`~vmpod_qemu.supervisor` (the per-machine process that starts qemu and keeps the pod log),
-:mod:`~vmpod_qemu.process` (safe pid handling) and :mod:`~vmpod_qemu.qmp` (QMP calls).
+:mod:`~vmpod_qemu.process` (the supervisor's lock, qemu's resource use) and :mod:`~vmpod_qemu.qmp`
+(QMP calls).  The serial console -> pod log writer and the process identities are vmpod's
+(:mod:`vmpod.consolelog`, :mod:`vmpod.procutil`).
 
 This module imports nothing, so that the supervisor starts fast.
 """

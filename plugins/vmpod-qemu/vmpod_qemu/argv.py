@@ -139,13 +139,13 @@ def cpu_option(machine: Machine, accel: str) -> str | None:
 
 
 def _smp(machine: Machine) -> str:
+    try:
+        slots = machine.cpu_slots()
+    except ValueError as exc:
+        raise BackendError(f"qemu: {exc}") from None
     topology = machine.libvirt_cpu.topology if machine.libvirt_cpu is not None else None
-    if topology is None:
+    if slots is None or topology is None:
         return str(machine.vcpus)
-    slots = topology.sockets * topology.cores * topology.threads
-    if slots < machine.vcpus:
-        raise BackendError(f"qemu: the CPU topology {topology.sockets} sockets x {topology.cores} cores x "
-                           f"{topology.threads} threads has room for {slots} vCPUs, not {machine.vcpus}")
     return _opts(f"cpus={machine.vcpus}", f"sockets={topology.sockets}", f"cores={topology.cores}",
                  f"threads={topology.threads}", f"maxcpus={slots}")
 

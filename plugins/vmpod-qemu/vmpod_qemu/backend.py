@@ -21,7 +21,7 @@ their directories and their qemu processes through ``run.json`` and the QMP sock
 starts a second qemu, and restarts a lost supervisor in *attach* mode so that the log goes on.
 A qemu that died is ``STOPPED`` with the reason its supervisor recorded (``Killed``,
 ``Crashed``, ``Completed``, ``Error``; ``Stopped`` when vmpod stopped it).  A pid is never
-signalled unless it is still the recorded process (:mod:`vmpod_qemu.process`).
+signalled unless it is still the recorded process (:class:`vmpod.procutil.ProcessIdentity`).
 
 Backend options (``BackendConfig.options``): ``binary`` (default ``qemu-system-x86_64``),
 ``accel`` (``auto``, ``kvm`` or ``tcg``; default ``auto``).
@@ -48,7 +48,7 @@ from typing import Any, Final
 
 import attrs
 
-from vmpod import convert
+from vmpod import consolelog, convert
 from vmpod.accel import detect_accelerator
 from vmpod.backend import (
     BackendConfig,
@@ -59,22 +59,15 @@ from vmpod.backend import (
     MachineStats,
     MachineStatus,
 )
+from vmpod.consolelog import CriLogWriter
 from vmpod.errors import BackendError, BackendUnavailable, ConflictError, InvalidTransition, NotFoundError
 from vmpod.machine import MARKER_LABEL, Machine
+from vmpod.procutil import ProcessIdentity, read_json, write_json
 from vmpod_qemu import supervisor
 from vmpod_qemu.argv import CONSOLE_SOCKET, DEFAULT_BINARY, MAX_DISKS, QMP_SOCKET, QemuPaths, build_argv
-from vmpod_qemu.process import ProcessIdentity, holding_supervisor_lock, supervisor_running, wait_supervisor
+from vmpod_qemu.process import cpu_time_ns, holding_supervisor_lock, rss_bytes, supervisor_running, wait_supervisor
 from vmpod_qemu.qmp import QMPUnavailable, qmp_call
-from vmpod_qemu.supervisor import (
-    EXIT_FILE,
-    RUN_FILE,
-    STOP_FILE,
-    CriLogWriter,
-    boot_records,
-    exit_record,
-    read_json,
-    write_json,
-)
+from vmpod_qemu.supervisor import EXIT_FILE, RUN_FILE, STOP_FILE, boot_records, exit_record
 
 __all__ = ["QemuBackend"]
 
@@ -92,6 +85,13 @@ _KILL_GRACE: Final = 5.0
 #: How long a supervisor gets to finish the log and ``exit.json`` once qemu is gone.
 _SUPERVISOR_GRACE: Final = 5.0
 _MAX_UNIX_PATH: Final = 107
+
+
+def _launcher_path() -> str:
+    """The import path the launcher (``python -I -S``, no site packages) finds the supervisor and vmpod by."""
+    roots = [Path(supervisor.__file__).resolve().parents[1], Path(consolelog.__file__).resolve().parents[1]]
+    entries = [str(root) for root in roots] + [entry for entry in sys.path if os.path.isabs(entry)]
+    return os.pathsep.join(dict.fromkeys(entries))
 
 
 def _console_link(socket_path: Path) -> Path:
@@ -161,7 +161,7 @@ class QemuBackend:
     def _spawn_supervisor(self, mode: str, directory: Path, machine: Machine, boot: str,
                           argv: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-I", "-S", str(_LAUNCHER), mode, "--dir", str(directory),
-                   "--log", machine.serial_log, "--boot", boot]
+                   "--log", machine.serial_log, "--boot", boot, "--path", _launcher_path()]
         if argv:
             command += ["--", *argv]
         return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False,
@@ -409,7 +409,8 @@ class QemuBackend:
         """CPU time and resident memory of the qemu process (checked alive over QMP first)."""
         directory, qemu = self._running(name, "get stats of")
         qmp_call(directory / QMP_SOCKET, ("query-status", None), timeout=5)
-        return MachineStats(timestamp=time.time_ns(), cpu_time_ns=qemu.cpu_time_ns(), memory_bytes=qemu.rss_bytes())
+        return MachineStats(timestamp=time.time_ns(), cpu_time_ns=cpu_time_ns(qemu.pid),
+                            memory_bytes=rss_bytes(qemu.pid))
 
     def close(self) -> None:
         """Nothing to release: every QMP session is closed after its call; machines keep running."""

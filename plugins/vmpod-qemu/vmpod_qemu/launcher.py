@@ -1,4 +1,4 @@
-"""Starts a machine's supervisor: ``python3 -I -S launcher.py start|attach --dir D --log L --boot B [-- ARGV]``.
+"""Starts a machine's supervisor: ``launcher.py start|attach --dir D --log L --boot B [--path P] [-- ARGV]``.
 
 Run as a script by the backend (``-I -S``: no site packages, nothing of vmpod), it does the
 minimum before qemu runs, so that qemu starts a few milliseconds after ``start`` is called:
@@ -12,7 +12,10 @@ minimum before qemu runs, so that qemu starts a few milliseconds after ``start``
    argv (``posix_spawnp``; stdin and stdout ``/dev/null``, stderr a pipe);
 4. only then it lowers its own priority (``nice`` 10: it is housekeeping, the guest comes first),
    imports :mod:`vmpod_qemu.supervisor` (while qemu sets the machine up) and hands over to
-   :func:`vmpod_qemu.supervisor.run_daemon`.
+   :func:`vmpod_qemu.supervisor.run_daemon`.  The supervisor uses vmpod's
+   :mod:`vmpod.consolelog` and :mod:`vmpod.procutil` (standard library only): ``--path`` is the
+   import path to find them (and ``vmpod`` itself) by, ``os.pathsep``-separated, as the backend
+   knows it; without site packages (``-S``) nothing else would find an installed vmpod.
 
 Every descriptor it opens is close-on-exec: qemu inherits none of them (not the lock).
 """
@@ -27,22 +30,25 @@ import time
 
 _PR_SET_CHILD_SUBREAPER = 36
 _NICENESS = 10
-_USAGE = "usage: launcher.py start|attach --dir DIR --log LOG --boot ID [-- QEMU-ARGV...]"
+_USAGE = "usage: launcher.py start|attach --dir DIR --log LOG --boot ID [--path IMPORT-PATH] [-- QEMU-ARGV...]"
 
 
-def _parse(args: list[str]) -> tuple[str, str, str, str, list[str]] | None:
+def _parse(args: list[str]) -> tuple[str, str, str, str, str, list[str]] | None:
     argv: list[str] = []
     if "--" in args:
         split = args.index("--")
         args, argv = args[:split], args[split + 1 :]
+    path = ""
+    if len(args) == 9 and args[7] == "--path":
+        path, args = args[8], args[:7]
     if len(args) != 7 or args[0] not in ("start", "attach") or args[1::2] != ["--dir", "--log", "--boot"]:
         return None
     if (args[0] == "start") != bool(argv):
         return None
-    return args[0], args[2], args[4], args[6], argv
+    return args[0], args[2], args[4], args[6], path, argv
 
 
-def _daemon(mode: str, directory: str, *, log: str, boot: str, argv: list[str], report: int) -> int:
+def _daemon(mode: str, directory: str, *, log: str, boot: str, path: str, argv: list[str], report: int) -> int:
     os.setsid()
     os.chdir(directory)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -78,7 +84,7 @@ def _daemon(mode: str, directory: str, *, log: str, boot: str, argv: list[str], 
     # spawned above at the caller's priority).
     os.nice(_NICENESS)
     # qemu sets the machine up meanwhile: now is the time to import the rest.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *filter(None, path.split(os.pathsep))]
     from vmpod_qemu import supervisor  # noqa: PLC0415
 
     if mode == "start":
@@ -94,14 +100,14 @@ def main(args: list[str] | None = None) -> int:
     if parsed is None:
         print(_USAGE, file=sys.stderr)
         return 2
-    mode, directory, log, boot, argv = parsed
+    mode, directory, log, boot, path, argv = parsed
     read_end, write_end = os.pipe()
     if os.fork() == 0:
         os.close(read_end)
         code = 1
         try:
-            code = _daemon(mode, os.path.abspath(directory), log=os.path.abspath(log), boot=boot, argv=argv,
-                           report=write_end)
+            code = _daemon(mode, os.path.abspath(directory), log=os.path.abspath(log), boot=boot, path=path,
+                           argv=argv, report=write_end)
         finally:
             os._exit(code)
     os.close(write_end)

@@ -2,7 +2,9 @@
 
 One small process per running machine, detached from vmpod (its own session), so that the
 pod log keeps growing while no vmpod command runs and across vmpod restarts.  It imports
-only the standard library; :mod:`vmpod_qemu.launcher` starts it (and qemu, first) as
+only the standard library and vmpod's :mod:`vmpod.consolelog` and :mod:`vmpod.procutil` (which
+import only the standard library, and the ``vmpod`` package: pluggy); :mod:`vmpod_qemu.launcher`
+starts it (and qemu, first) as
 ``python3 -I -S launcher.py ...``, a few tens of milliseconds instead of a full vmpod import.
 
 ``start``
@@ -22,11 +24,8 @@ Files, in the machine directory (qemu's working directory):
     whether or not anybody is attached to ``console.sock``, so nothing is lost while no
     supervisor runs.
 ``log.state``
-    the log checkpoint ``{"boot", "raw_offset", "log_size", "log_inode"}``: how far
-    ``serial.raw`` has been turned into log lines, and the log's size after them.  Written
-    (atomically) after each append to the log; a writer that was killed between the two
-    leaves a log longer than ``log_size``, and the next writer cuts the log back to
-    ``log_size`` and redoes the lines from ``raw_offset``: no line is lost or written twice.
+    the log checkpoint of :class:`vmpod.consolelog.CriLogWriter`, which turns ``serial.raw`` into
+    CRI log lines: no line is lost or written twice when the supervisor is killed and restarted.
 ``supervisor.lock``
     the supervisor holds an exclusive ``flock`` on it while it runs: one log writer per
     machine; whoever else needs to finish the log takes the lock first.
@@ -42,19 +41,15 @@ Files, in the machine directory (qemu's working directory):
 ``exit.json``
     how qemu ended: ``{"boot", "started_at", "finished_at", "exit_code", "exit_reason", "message"}``.
 
-The pod log gets CRI log lines ``<RFC3339Nano> stdout F|P <text>``: one ``F`` line per
-guest line (its ``\\r\\n`` or ``\\n`` removed); bytes not ended by a newline for
-:data:`PARTIAL_AFTER` seconds (a shell prompt), or :data:`MAX_LINE` bytes of one line, are
-written as a ``P`` line and continue in the next line.  The time is when the supervisor read
-the bytes.  Lines are written as soon as they are read (readers of the log see them at once)
-and ``fsync``\\ed at most every :data:`SYNC_EVERY` seconds, and when qemu has exited.
+The pod log gets CRI log lines ``<RFC3339Nano> stdout F|P <text>``, written by
+:class:`vmpod.consolelog.CriLogWriter` (see there: partial lines, long lines, ``fsync``).
+Process identities, locks and the JSON records come from :mod:`vmpod.procutil`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
-import json
 import os
 import selectors
 import signal
@@ -62,40 +57,26 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from vmpod.consolelog import SERIAL_RAW, CriLogWriter
+from vmpod.procutil import ProcessIdentity, parent_pid, proc_starttime, read_json, write_json
+
 __all__ = [
     "EXIT_FILE",
     "LOCK_FILE",
-    "LOG_STATE",
     "RUN_FILE",
     "STOP_FILE",
-    "CriLogWriter",
     "Spawned",
-    "boot_id",
     "boot_records",
-    "cri_timestamp",
     "exit_record",
-    "proc_starttime",
-    "process_matches",
-    "read_json",
     "run_daemon",
-    "write_json",
 ]
 
 RUN_FILE: Final = "run.json"
 EXIT_FILE: Final = "exit.json"
 STOP_FILE: Final = "stop.json"
-LOG_STATE: Final = "log.state"
 LOCK_FILE: Final = "supervisor.lock"
-SERIAL_RAW: Final = "serial.raw"
 PIDFILE: Final = "qemu.pid"
 
-#: Seconds an unfinished line waits for its newline before it is written as a ``P`` line.
-PARTIAL_AFTER: Final = 0.5
-#: Longest log line; longer guest lines are split into ``P`` lines.
-MAX_LINE: Final = 16 * 1024
-#: Longest time appended log lines stay without ``fsync`` while more keep coming.
-SYNC_EVERY: Final = 1.0
-_READ_CHUNK: Final = 1 << 20
 _IN_MODIFY: Final = 0x2
 _IN_NONBLOCK: Final = os.O_NONBLOCK
 _IN_CLOEXEC: Final = os.O_CLOEXEC
@@ -103,56 +84,7 @@ _IN_CLOEXEC: Final = os.O_CLOEXEC
 _POLL_INTERVAL: Final = 0.05
 
 
-# -- small helpers (also used by the backend) ------------------------------------------------
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` atomically with ``data`` as JSON (write a temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def cri_timestamp(now_ns: int) -> str:
-    """``now_ns`` as RFC 3339 UTC with nine fraction digits (``2024-05-01T12:00:00.000000001Z``)."""
-    seconds, nanos = divmod(now_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
-
-
-def boot_id() -> str:
-    """The kernel's boot id: a pid from an earlier boot of the host means nothing now."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def proc_starttime(pid: int) -> int | None:
-    """Start time of process ``pid`` (clock ticks since boot), or ``None`` when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def process_matches(pid: int, starttime: int, expected_boot_id: str) -> bool:
-    """True when ``pid`` is alive and is the very process that had ``starttime`` in this boot."""
-    if pid <= 0 or (expected_boot_id and expected_boot_id != boot_id()):
-        return False
-    return proc_starttime(pid) == starttime
+# -- records (also used by the backend) ------------------------------------------------
 
 
 def exit_record(status: int | None, stop: dict[str, Any] | None, *, now_ns: int, pid: int, boot: str,
@@ -202,130 +134,6 @@ def boot_records(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any]
     if int(ended.get("started_at", 0)) > int(run.get("started_at", 0)):
         return None, ended
     return run, None
-
-
-# -- the log writer --------------------------------------------------------------------------
-
-
-class CriLogWriter:
-    """Turns ``serial.raw`` of one boot into CRI log lines appended to the pod log (see the module docstring).
-
-    The caller must hold the machine's ``supervisor.lock``.
-    """
-
-    def __init__(self, directory: Path, log_path: Path, boot: str) -> None:
-        self.directory = directory
-        self.log_path = log_path
-        self.boot = boot
-        self.raw_offset = 0
-        self.log_size = 0
-        self.log_inode = 0
-        #: an unfinished line waiting for its newline: (its offset in serial.raw, when first seen)
-        self._partial: tuple[int, float] | None = None
-        self._synced = time.monotonic()
-        self._recover()
-
-    def _recover(self) -> None:
-        state = read_json(self.directory / LOG_STATE)
-        same_boot = state is not None and state.get("boot") == self.boot
-        self.raw_offset = int(state["raw_offset"]) if state is not None and same_boot else 0
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        try:
-            info = os.fstat(fd)
-            if (state is not None and same_boot and info.st_ino == state.get("log_inode")
-                    and info.st_size > int(state["log_size"])):
-                # A writer was killed after appending and before its checkpoint: undo its lines.
-                os.ftruncate(fd, int(state["log_size"]))
-                info = os.fstat(fd)
-            self.log_size, self.log_inode = info.st_size, info.st_ino
-        finally:
-            os.close(fd)
-        self._save()
-
-    def _save(self) -> None:
-        write_json(self.directory / LOG_STATE, {"boot": self.boot, "raw_offset": self.raw_offset,
-                                                "log_size": self.log_size, "log_inode": self.log_inode})
-
-    def deadline(self) -> float | None:
-        """Seconds until a pending unfinished line is due as a ``P`` line, or ``None``."""
-        if self._partial is None:
-            return None
-        return max(0.0, self._partial[1] + PARTIAL_AFTER - time.monotonic())
-
-    def pump(self, *, final: bool = False) -> int:
-        """Append log lines for everything new in ``serial.raw``; returns how many were written.
-
-        With ``final`` (qemu is gone) an unfinished last line is written as an ``F`` line.
-        """
-        written = 0
-        while True:
-            chunk = self._read_raw()
-            if not chunk:
-                break
-            lines, consumed = self._split(chunk, final=final)
-            if not lines:
-                break
-            self._append(lines, consumed, sync=final)
-            written += len(lines)
-        return written
-
-    def _read_raw(self) -> bytes:
-        try:
-            with open(self.directory / SERIAL_RAW, "rb") as raw:
-                raw.seek(self.raw_offset)
-                return raw.read(_READ_CHUNK)
-        except FileNotFoundError:
-            return b""
-
-    def _split(self, chunk: bytes, *, final: bool) -> tuple[list[tuple[str, bytes]], int]:
-        """``[(tag, text)]`` for the complete lines of ``chunk`` (and a due partial), and bytes used."""
-        lines: list[tuple[str, bytes]] = []
-        consumed = 0
-        while True:
-            newline = chunk.find(b"\n", consumed, consumed + MAX_LINE + 1)
-            if newline >= 0:
-                lines.append(("F", chunk[consumed:newline].rstrip(b"\r")))
-                consumed = newline + 1
-            elif len(chunk) - consumed >= MAX_LINE:
-                lines.append(("P", chunk[consumed : consumed + MAX_LINE]))
-                consumed += MAX_LINE
-            else:
-                break
-        rest = chunk[consumed:]
-        if not rest:
-            self._partial = None
-            return lines, consumed
-        # An unfinished line: wait for its end, up to PARTIAL_AFTER seconds from when it was first seen.
-        start, now = self.raw_offset + consumed, time.monotonic()
-        if final or (self._partial is not None and self._partial[0] == start
-                     and now - self._partial[1] >= PARTIAL_AFTER):
-            lines.append(("F" if final else "P", rest.rstrip(b"\r") if final else rest))
-            consumed = len(chunk)
-            self._partial = None
-        elif self._partial is None or self._partial[0] != start:
-            self._partial = (start, now)
-        return lines, consumed
-
-    def _append(self, lines: list[tuple[str, bytes]], consumed: int, *, sync: bool) -> None:
-        stamp = cri_timestamp(time.time_ns()).encode()
-        data = b"".join(b"%s stdout %s %s\n" % (stamp, tag.encode(), text) for tag, text in lines)
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        try:
-            info = os.fstat(fd)
-            if info.st_ino != self.log_inode or info.st_size < self.log_size:
-                self.log_inode = info.st_ino  # rotated or truncated by someone else: follow the new file
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync or time.monotonic() - self._synced >= SYNC_EVERY:
-                os.fsync(fd)
-                self._synced = time.monotonic()
-            self.log_size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        self.raw_offset += consumed
-        self._save()
 
 
 # -- the supervisor process --------------------------------------------------------------------
@@ -461,25 +269,17 @@ def _collect_start(sup: _Supervisor, spawned: Spawned) -> str:
         pid = int((sup.directory / PIDFILE).read_text().strip())
     except (OSError, ValueError) as exc:
         return f"qemu started but its pidfile is unreadable: {exc}"
-    starttime = proc_starttime(pid)
-    if starttime is None:
+    qemu = ProcessIdentity.of(pid)
+    if qemu is None:
         return f"qemu (pid {pid}) exited right after starting"
     sup.qemu_pid, sup.started_at = pid, spawned.started_at
-    sup.is_parent = _parent_of(pid) == os.getpid()
+    sup.is_parent = parent_pid(pid) == os.getpid()
     write_json(sup.directory / RUN_FILE, {
-        "pid": pid, "starttime": starttime, "boot_id": boot_id(), "started_at": spawned.started_at,
+        **qemu.to_run(), "started_at": spawned.started_at,
         "boot": sup.boot, "supervisor_pid": os.getpid(), "supervisor_starttime": proc_starttime(os.getpid()),
         "supervisor_is_parent": sup.is_parent,
     })
     return ""
-
-
-def _parent_of(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def run_daemon(directory: Path, log_path: Path, boot: str, *, report: int, spawned: Spawned | None) -> int:
@@ -507,7 +307,8 @@ def run_daemon(directory: Path, log_path: Path, boot: str, *, report: int, spawn
     else:
         run = read_json(directory / RUN_FILE) or {}
         sup.qemu_pid, sup.started_at = int(run.get("pid", 0)), int(run.get("started_at", 0))
-        if not process_matches(sup.qemu_pid, int(run.get("starttime", -1)), str(run.get("boot_id", ""))):
+        qemu = ProcessIdentity.from_run(run)
+        if qemu is None or not qemu.alive():
             tell("error: qemu is not running")
             return 1
     try:

@@ -1,0 +1,199 @@
+"""Processes that outlive vmpod: their identity, safe signalling, file locks and their JSON records.
+
+Backends keep helper processes (a supervisor, a log follower) and hypervisor processes running
+while no vmpod command runs, and find them again later through small JSON records.  This
+module is what they share for that:
+
+* **identity**: a pid alone is never trusted, pids are reused.  A process is identified by its
+  pid, its start time (field 22 of ``/proc/<pid>/stat``, clock ticks since boot) and the
+  kernel's boot id (:class:`ProcessIdentity`, :func:`process_matches`).  A zombie counts as
+  exited.
+* **signalling**: :meth:`ProcessIdentity.send` and :meth:`ProcessIdentity.wait` open a pidfd
+  first and check the identity *after* that, so the pidfd is known to refer to the recorded
+  process, and the signal goes through the pidfd: a process that exits between the check and
+  the signal cannot be confused with a newcomer that got its number.
+* **locks**: :func:`locked`, an exclusive ``flock`` on a file (one helper per machine).
+* **records**: :func:`read_json` and :func:`write_json` (atomic replacement).
+
+It imports only the standard library (and the ``vmpod`` package, which imports pluggy): small
+detached helpers use it, the qemu supervisor even under ``python -I -S`` (with an explicit import path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import select
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ProcessIdentity",
+    "boot_id",
+    "locked",
+    "parent_pid",
+    "proc_starttime",
+    "proc_stat",
+    "process_matches",
+    "read_json",
+    "write_json",
+]
+
+
+# -- JSON records ------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON (write a temporary file, then rename).
+
+    The temporary file is ``.<name>.<pid>.tmp`` in the same directory.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# -- locks -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing, mode 0600) for the ``with`` block.
+
+    Yields True when the lock is held; False when ``blocking`` is off and another open file
+    description holds it.  The descriptor is close-on-exec: child processes do not inherit it.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+# -- process identity --------------------------------------------------------------------------
+
+
+def boot_id() -> str:
+    """The kernel's boot id (``""`` when unknown): a pid from an earlier boot of the host means nothing now."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (``[0]`` is the state), or ``None`` when gone.
+
+    Field ``n`` of proc(5) is at index ``n - 3``.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of process ``pid`` (clock ticks since boot), or ``None`` when it is gone or a zombie."""
+    fields = proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of process ``pid``, or 0 when it is gone."""
+    fields = proc_stat(pid)
+    return 0 if fields is None else int(fields[1])
+
+
+def process_matches(pid: int, starttime: int, expected_boot_id: str) -> bool:
+    """True when ``pid`` is alive and is the very process that had ``starttime`` in this boot.
+
+    An empty ``expected_boot_id`` skips the boot check.
+    """
+    if pid <= 0 or (expected_boot_id and expected_boot_id != boot_id()):
+        return False
+    return proc_starttime(pid) == starttime
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as recorded when it started: pid, start time in clock ticks, kernel boot id."""
+
+    pid: int
+    starttime: int
+    boot_id: str
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        """The identity of the running process ``pid`` now, or ``None`` when it is gone or a zombie."""
+        starttime = proc_starttime(pid)
+        return None if starttime is None else cls(pid=pid, starttime=starttime, boot_id=boot_id())
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any], prefix: str = "") -> ProcessIdentity | None:
+        """The identity under ``<prefix>pid``/``<prefix>starttime`` and ``boot_id`` of a record, or ``None``."""
+        try:
+            pid, starttime = int(run[f"{prefix}pid"]), int(run[f"{prefix}starttime"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(pid=pid, starttime=starttime, boot_id=str(run.get("boot_id", "")))
+
+    def to_run(self, prefix: str = "") -> dict[str, Any]:
+        """The record :meth:`from_run` reads: ``{"<prefix>pid", "<prefix>starttime", "boot_id"}``."""
+        return {f"{prefix}pid": self.pid, f"{prefix}starttime": self.starttime, "boot_id": self.boot_id}
+
+    def alive(self) -> bool:
+        """True while the recorded process runs (not a zombie, not a newcomer with its pid)."""
+        return process_matches(self.pid, self.starttime, self.boot_id)
+
+    @contextlib.contextmanager
+    def _pidfd(self) -> Iterator[int | None]:
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:
+            yield None
+            return
+        try:
+            yield fd if self.alive() else None
+        finally:
+            os.close(fd)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit; True when it is gone."""
+        with self._pidfd() as fd:
+            if fd is None:
+                return True
+            readable, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+            return bool(readable) or not self.alive()
+
+    def send(self, sig: signal.Signals) -> bool:
+        """Send ``sig`` if (and only if) the recorded process still runs; True when sent."""
+        with self._pidfd() as fd:
+            if fd is None:
+                return False
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                return False
+            return True
