@@ -105,8 +105,8 @@ def test_refuses_what_is_not_a_bootable_disk_image(images: ImageStore, tmp_path:
 def test_missing_file_and_unknown_scheme(images: ImageStore, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         images.pull(str(tmp_path / "nope.qcow2"))
-    with pytest.raises(SpecError, match="no image source handles https"):
-        images.pull("virtlet.cloud/cirros")
+    with pytest.raises(SpecError, match="no image source handles gopher"):
+        images.pull("gopher://example.invalid/cirros.qcow2")
     with pytest.raises(SpecError, match="not a file"):
         images.pull(str(tmp_path))
 

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vmpod.cli.logs",
     "vmpod.cli.delete",
     "vmpod.cli.plugins",
+    "vmpod.cli.images",
 )
 
 log = logging.getLogger("vmpod")

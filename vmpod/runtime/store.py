@@ -373,6 +373,11 @@ class Store:
         rows = self._query("SELECT digest, stamp FROM image_sources WHERE url = ?", (url,))
         return (rows[0][0], rows[0][1]) if rows else None
 
+    def image_sources(self) -> list[tuple[str, str]]:
+        """``(url, digest)`` of every recorded image source, by URL."""
+        return [(str(url), str(digest)) for url, digest in
+                self._query("SELECT url, digest FROM image_sources ORDER BY url")]
+
     def size_bytes(self) -> int:
         """Bytes used by the database and its WAL."""
         return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
