@@ -49,16 +49,17 @@ def extra_plugins(tmp_path: Path) -> dict[str, str]:
 def test_table_lists_plugins_and_backend_capabilities() -> None:
     result = vmpod("plugins")
     assert result.returncode == 0, result.stderr
-    plugins, backends = result.stdout.split("\n\n")
+    plugins, backends, default = result.stdout.split("\n\n")
     rows = [line.split() for line in plugins.splitlines()]
     assert rows[0] == ["PLUGIN", "DISTRIBUTION", "VERSION", "BUILTIN", "BACKENDS", "HOOKS"]
     assert [row[0] for row in rows[1:1 + len(BUILTIN_PLUGINS)]] == sorted(BUILTIN_PLUGINS)
     assert ["fake", "vmpod-fake", "0.1.0", "no", "fake", "vmpod_backends"] in rows
     header, *lines = backends.splitlines()
-    assert header.split()[:4] == ["BACKEND", "PLUGIN", "PRIORITY", "ACCEL"]
+    assert header.split()[:5] == ["BACKEND", "PLUGIN", "PRIORITY", "DEFAULT", "ACCEL"]
     fake = next(line for line in lines if line.startswith("fake "))
-    assert fake.split()[:10] == ["fake", "fake", "-100", "none", "scsi(26),virtio(21)", "9p,virtiofs", "user,tap",
-                                 "no", "yes", "yes"]
+    assert fake.split()[:11] == ["fake", "fake", "-100", "no", "none", "scsi(26),virtio(21)", "9p,virtiofs",
+                                 "user,tap", "no", "yes", "yes"]
+    assert default.startswith("Default backend for new pods: ")
     assert fake.endswith("simulated hypervisor for tests: no guest runs, machines live in a JSON file")
 
 
@@ -73,6 +74,7 @@ def test_json_output() -> None:
     fake = next(b for b in data["backends"] if b["name"] == "fake")
     assert fake["plugin"] == "fake"
     assert fake["priority"] == -100
+    assert fake["default"] is False
     assert fake["error"] is None
     assert fake["capabilities"] == {
         "accelerator": "none", "disk_buses": ["scsi", "virtio"], "max_disks": {"scsi": 26, "virtio": 21},
@@ -97,7 +99,7 @@ def test_broken_plugin_warns_and_unavailable_backend_is_shown(extra_plugins: dic
     assert "Traceback" not in result.stderr
     assert any(line.split()[:3] == ["acme", "acme-vmpod", "2.0"] for line in result.stdout.splitlines())
     acme = next(line for line in result.stdout.splitlines() if line.startswith("acme ") and "unavailable" in line)
-    assert acme.split()[:3] == ["acme", "acme", "5"]
+    assert acme.split()[:4] == ["acme", "acme", "5", "no"]
     assert acme.endswith("unavailable: BackendUnavailable: cannot connect to acmed: no such socket")
     data = json.loads(vmpod("plugins", "-o", "json", env=extra_plugins).stdout)
     backend = next(b for b in data["backends"] if b["name"] == "acme")
@@ -109,3 +111,79 @@ def test_listed_in_help() -> None:
     result = vmpod("--help")
     assert "plugins" in result.stdout
     assert "list plugins, backends and their capabilities" in result.stdout
+
+
+def _default_column(stdout: str) -> dict[str, str]:
+    """BACKEND -> DEFAULT cell of the backend table."""
+    _, backends, _ = stdout.split("\n\n")
+    header, *lines = backends.splitlines()
+    assert header.split()[3] == "DEFAULT"
+    return {line.split()[0]: line.split()[3] for line in lines}
+
+
+def _last_line(stdout: str) -> str:
+    return stdout.rstrip("\n").splitlines()[-1]
+
+
+def test_default_backend_is_the_runtimes_choice() -> None:
+    """With nothing requested: qemu (priority 10) beats libvirt (5); fake (-100) is never preferred."""
+    from vmpod.plugins import get_plugin_manager  # noqa: PLC0415
+    from vmpod.runtime import choose_backend  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if k != "VMPOD_BACKEND"}
+    script = shutil.which("vmpod")
+    assert script
+    result = subprocess.run([script, "plugins"], capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    assert _default_column(result.stdout) == {"fake": "no", "libvirt": "no", "qemu": "yes"}
+    assert _last_line(result.stdout) == \
+        "Default backend for new pods: qemu (highest-priority installed backend (priority 10))"
+    saved = os.environ.pop("VMPOD_BACKEND", None)
+    try:
+        assert choose_backend(get_plugin_manager()) == ("qemu", "highest-priority installed backend (priority 10)")
+    finally:
+        if saved is not None:
+            os.environ["VMPOD_BACKEND"] = saved
+    data = json.loads(subprocess.run([script, "plugins", "-o", "json"], capture_output=True, text=True,
+                                     timeout=120, check=True, env=env).stdout)
+    assert data["default"] == {"backend": "qemu", "reason": "highest-priority installed backend (priority 10)"}
+    assert {b["name"]: b["default"] for b in data["backends"]} == {"fake": False, "libvirt": False, "qemu": True}
+
+
+def test_default_backend_follows_the_priorities_of_what_is_installed() -> None:
+    without_qemu = vmpod("plugins", env={"VMPOD_DISABLE_PLUGINS": "qemu", "VMPOD_BACKEND": ""})
+    assert without_qemu.returncode == 0, without_qemu.stderr
+    assert _default_column(without_qemu.stdout) == {"fake": "no", "libvirt": "yes"}
+    assert _last_line(without_qemu.stdout) == \
+        "Default backend for new pods: libvirt (highest-priority installed backend (priority 5))"
+    only_fake = vmpod("plugins", env={"VMPOD_DISABLE_PLUGINS": "qemu,libvirt", "VMPOD_BACKEND": ""})
+    assert only_fake.returncode == 0, only_fake.stderr
+    assert _default_column(only_fake.stdout) == {"fake": "yes"}
+    assert _last_line(only_fake.stdout) == \
+        "Default backend for new pods: fake (the only installed backend (it simulates VMs: no guest runs))"
+
+
+def test_backend_option_and_environment_choose_the_default() -> None:
+    option = vmpod("--backend", "libvirt", "plugins", env={"VMPOD_BACKEND": "fake"})
+    assert option.returncode == 0, option.stderr
+    assert _default_column(option.stdout) == {"fake": "no", "libvirt": "yes", "qemu": "no"}
+    assert _last_line(option.stdout) == "Default backend for new pods: libvirt (chosen with --backend)"
+    environment = vmpod("plugins", "-o", "json", env={"VMPOD_BACKEND": "fake"})
+    assert environment.returncode == 0, environment.stderr
+    data = json.loads(environment.stdout)
+    assert data["default"] == {"backend": "fake", "reason": "from $VMPOD_BACKEND"}
+    assert [b["name"] for b in data["backends"] if b["default"]] == ["fake"]
+
+
+def test_unknown_requested_backend_is_an_error_but_still_lists(extra_plugins: dict[str, str]) -> None:
+    unknown = vmpod("--backend", "nosuch", "plugins")
+    assert unknown.returncode == 1
+    assert "yes" not in _default_column(unknown.stdout).values()
+    assert _last_line(unknown.stdout) == \
+        "Default backend for new pods: none (unknown backend 'nosuch'; available: fake, libvirt, qemu)"
+    # A chosen backend that is installed but cannot be opened is the default, with the warning.
+    acme = vmpod("plugins", env={**extra_plugins, "VMPOD_BACKEND": "acme"})
+    assert acme.returncode == 0, acme.stderr
+    assert _default_column(acme.stdout)["acme"] == "yes"
+    assert _last_line(acme.stdout) == ("Default backend for new pods: acme (from $VMPOD_BACKEND); but it is "
+                                       "unavailable: BackendUnavailable: cannot connect to acmed: no such socket")
