@@ -455,6 +455,92 @@ def test_impossible_volume_uses_are_errors() -> None:
         generate_seed(device, disks=DiskMap())
 
 
+# --------------------------------------------------------------------------- blank qcow2 flexvolumes
+
+
+def _flex(name: str, **options: str) -> dict[str, Any]:
+    return {"name": name, "flexVolume": {"driver": "virtlet/flexvolume_driver", "options": options}}
+
+
+def _user_data_map(pod: VMPod) -> dict[str, Any]:
+    data = yaml.safe_load(generate_seed(pod).user_data)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_qcow2_flexvolumes_are_partitioned_and_formatted_by_the_guest() -> None:
+    pod = _pod(container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+               volumes=[_flex("data", type="qcow2"), _flex("one", type="qcow2", part="1"),
+                        _flex("whole", type="qcow2", part="0"), _flex("third", type="qcow2", part="3"),
+                        _flex("dev", type="raw", path="/dev/loop0")])
+    data = _user_data_map(pod)
+    path = {disk.volume: disk.path for disk in default_disk_map(pod).disks}
+    mbr = {"table_type": "mbr", "layout": [100], "overwrite": False}
+    assert data["disk_setup"] == {path["data"]: mbr, path["one"]: mbr}
+    assert data["fs_setup"] == [{"device": path[name], "filesystem": "ext4", "partition": "any", "overwrite": False}
+                                for name in ("data", "one", "whole")]
+    assert data["mounts"] == [[path["data"] + "-part1", "/data"]]
+
+
+def test_the_users_own_disk_setup_and_fs_setup_win() -> None:
+    path = by_id_path(DiskDriver.SCSI, "data")
+    user = {"disk_setup": {path: {"table_type": "gpt", "layout": [50, 50]}, "/dev/vdz": {"layout": True}},
+            "fs_setup": [{"device": path, "partition": 2, "filesystem": "xfs"}]}
+    pod = _pod(annotations={"VirtletCloudInitUserData": yaml.safe_dump(user)},
+               volumes=[_flex("data", type="qcow2"), _flex("more", type="qcow2")])
+    data = _user_data_map(pod)
+    more = by_id_path(DiskDriver.SCSI, "more")
+    assert data["disk_setup"] == {**user["disk_setup"],
+                                  more: {"table_type": "mbr", "layout": [100], "overwrite": False}}
+    assert data["fs_setup"] == [*user["fs_setup"],
+                                {"device": more, "filesystem": "ext4", "partition": "any", "overwrite": False}]
+
+
+@pytest.mark.parametrize(("key", "value"), [("disk_setup", ["x"]), ("fs_setup", {"x": 1})])
+def test_disk_setup_and_fs_setup_of_the_wrong_type_are_errors(key: str, value: object) -> None:
+    pod = _pod(annotations={"VirtletCloudInitUserData": yaml.safe_dump({key: value})},
+               volumes=[_flex("data", type="qcow2")])
+    error = _spec_error(pod)
+    assert error.path == "metadata.annotations.VirtletCloudInitUserData"
+    assert key in error.message
+    without_flexvolumes = _pod(annotations={"VirtletCloudInitUserData": yaml.safe_dump({key: value})})
+    assert _user_data_map(without_flexvolumes)[key] == value  # nothing to merge: passed through
+
+
+def test_no_disk_setup_without_qcow2_flexvolumes_or_with_a_script() -> None:
+    assert "disk_setup" not in _user_data_map(_pod(volumes=[_flex("third", type="qcow2", part="3")]))
+    assert "fs_setup" not in _user_data_map(_pod(volumes=[_flex("third", type="qcow2", part="3")]))
+    script = _pod(annotations={"VirtletCloudInitUserDataScript": "#!/bin/sh\n@virtlet-mount-script@\n"},
+                  container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                  volumes=[_flex("data", type="qcow2")])
+    user_data = generate_seed(script).user_data
+    assert "disk_setup" not in user_data
+    assert "has no partition 1 (a blank disk?)" in user_data
+
+
+def test_the_mount_script_skips_a_blank_disk_and_mounts_the_rest(tmp_path: Path) -> None:
+    """On a blank disk (no partition 1) the script says so and goes on; with the partition it mounts it."""
+    _fake_sysfs(tmp_path)  # virtio serial "data" is /dev/vdb
+    disk = GuestDisk("data", DiskDriver.VIRTIO, "data", by_id_path(DiskDriver.VIRTIO, "data"))
+    text = mount_script([BlockMount(disk, 1, "/data"), NinePMount("tag", "/shared")])
+    assert text is not None
+    # Stubs: nothing is mounted, every device node is missing except those listed in $VMPOD_NODES.
+    stubs = ('mountpoint() { return 1; }\nmkdir() { :; }\nmount() { echo "mount $*"; }\n'
+             'test() { case " $VMPOD_NODES " in *" $2 "*) return 0;; esac; return 1; }\n')
+    body = text.replace("[ -b ", "test -b ").replace(" ] ||", " ||")
+    script = tmp_path / "mount.sh"
+    script.write_text(body.replace("#!/bin/sh\n", "#!/bin/sh\n" + stubs, 1))
+    for shell in ["dash"] + (["busybox sh"] if shutil.which("busybox") else []):
+        env = {"VMPOD_SYSFS": str(tmp_path), "PATH": "/usr/bin:/bin", "VMPOD_NODES": ""}
+        blank = subprocess.run([*shell.split(), str(script)], capture_output=True, text=True, check=False, env=env)
+        assert blank.stdout == "mount -t 9p -o trans=virtio tag /shared\n", shell
+        assert blank.stderr == "vmpod: /dev/vdb has no partition 1 (a blank disk?), not mounting /data\n"
+        env["VMPOD_NODES"] = "/dev/vdb1"
+        ready = subprocess.run([*shell.split(), str(script)], capture_output=True, text=True, check=False, env=env)
+        assert ready.stdout == "mount /dev/vdb1 /data\nmount -t 9p -o trans=virtio tag /shared\n", shell
+        assert ready.stderr == ""
+
+
 # --------------------------------------------------------------------------- the disk map
 
 

@@ -6,7 +6,10 @@ everything the seed can do, and the test checks each over ssh: hostname, the
 their modes and owners), ``/etc/cloud/environment``, ``runcmd``, a static
 network configuration matched by MAC (an address, an extra address and an MTU
 that DHCP would not give), a block device symlinked and mounted by its
-serial number, and a flexvolume disk mounted through cloud-init ``mounts``.
+serial number, and two blank qcow2 flexvolume disks that the seed's
+``disk_setup``/``fs_setup`` partition (MBR, ext4 on partition 1, Virtlet's
+layout) or format whole (``part: "0"``) on first boot, mounted through
+cloud-init ``mounts``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 
 from tests.support.cloudinit_cases import claim, config_map, manifest, secret
 from tests.support.guestvm import DEFAULT_MAC, GuestVM, boot_guest, make_ssh_key
+from vmpod import qcow2
 from vmpod.cloudinit import default_disk_map, from_cni_result, generate_seed, write_seed
 from vmpod.cloudinit.disks import disk_serial
 from vmpod.guests import build_debian_cloud_guest
@@ -63,7 +67,8 @@ def _pod(name: str, kind: CloudInitImageType, bus: DiskDriver, public_key: str) 
             "env": [{"name": k, "value": v} for k, v in ENV.items()],
             "volumeMounts": [{"name": "config", "mountPath": "/etc/app"},
                              {"name": "creds", "mountPath": "/etc/creds"},
-                             {"name": "data", "mountPath": "/data"}],
+                             {"name": "data", "mountPath": "/data"},
+                             {"name": "whole", "mountPath": "/whole"}],
             "volumeDevices": [{"name": "block", "devicePath": "/dev/vmpod-block"}],
         },
         volumes=[
@@ -71,7 +76,9 @@ def _pod(name: str, kind: CloudInitImageType, bus: DiskDriver, public_key: str) 
             {"name": "creds", "secret": {"secretName": "creds", "items": [{"key": "token", "path": "token",
                                                                           "mode": 0o400}]}},
             {"name": "data", "flexVolume": {"driver": "virtlet/flexvolume_driver",
-                                            "options": {"type": "qcow2", "part": "0"}}},
+                                            "options": {"type": "qcow2", "capacity": "64MiB"}}},
+            {"name": "whole", "flexVolume": {"driver": "virtlet/flexvolume_driver",
+                                             "options": {"type": "qcow2", "capacity": "32MiB", "part": "0"}}},
             {"name": "block", "persistentVolumeClaim": {"claimName": "block"}},
         ],
         objects=[
@@ -94,11 +101,13 @@ def _ext4_image(path: Path, marker: str, tmp_path: Path) -> None:
 
 
 def _disk_args(pod: VMPod, bus: DiskDriver, images: dict[str, Path]) -> list[str]:
-    """qemu arguments attaching ``images`` (volume name -> raw file) with the serials of the disk map."""
+    """qemu arguments attaching ``images`` (volume name -> raw or qcow2 file) with the serials of the disk map."""
     args: list[str] = []
     for index, disk in enumerate(default_disk_map(pod).disks):
         drive = f"vol{index}"
-        args += ["-drive", f"file={images[disk.volume]},if=none,id={drive},format=raw,cache=unsafe"]
+        image = images[disk.volume]
+        image_format = "qcow2" if image.suffix == ".qcow2" else "raw"
+        args += ["-drive", f"file={image},if=none,id={drive},format={image_format},cache=unsafe"]
         if bus is DiskDriver.VIRTIO:
             args += ["-device", f"virtio-blk-pci,drive={drive},serial={disk.serial},addr={0x7 + index:#x}"]
         else:  # on the virtio-scsi controller the seed cdrom already uses (target 0)
@@ -110,6 +119,14 @@ def _run(vm: GuestVM, key: Path, command: str) -> str:
     result = vm.ssh(f"sudo sh -c {shlex.quote(command)}", key=key, user="debian", timeout=180)
     assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout}{result.stderr}"
     return result.stdout
+
+
+def _disk_report(vm: GuestVM, key: Path) -> str:
+    """The guest's disks and what cloud-init logged about preparing them (for assertion messages)."""
+    command = ("lsblk -o NAME,TYPE,PTTYPE,FSTYPE,MOUNTPOINT; "
+               "grep -E 'disk_setup|fs_setup|mkfs|sfdisk|partition|Failed' /var/log/cloud-init.log | tail -40")
+    result = vm.ssh(f"sudo sh -c {shlex.quote(command)}", key=key, user="debian", timeout=180)
+    return result.stdout + result.stderr
 
 
 @pytest.mark.guest
@@ -125,8 +142,10 @@ def test_seed_configures_a_real_debian_guest(tmp_path: Path, kind: CloudInitImag
     assert documents.image_type is kind
     seed = tmp_path / "seed.iso"
     write_seed(documents, seed)
-    images = {"data": tmp_path / "data.raw", "block": tmp_path / "block.raw"}
-    _ext4_image(images["data"], "flexvolume data", tmp_path)
+    # The flexvolume disks are blank, as the runtime's volume handler creates them.
+    images = {"data": tmp_path / "data.qcow2", "whole": tmp_path / "whole.qcow2", "block": tmp_path / "block.raw"}
+    qcow2.write_blank(images["data"], 64 << 20)
+    qcow2.write_blank(images["whole"], 32 << 20)
     _ext4_image(images["block"], "block device", tmp_path)
 
     started = time.monotonic()
@@ -164,7 +183,8 @@ def test_seed_configures_a_real_debian_guest(tmp_path: Path, kind: CloudInitImag
 
         # Disks found by serial: the udev by-id paths vmpod writes exist, the block device is symlinked
         # (by the sysfs lookup) and mounted through the user's rewritten mounts entry, and the
-        # flexvolume is mounted through cloud-init's mounts and the mount script.
+        # blank flexvolumes were partitioned and formatted by disk_setup/fs_setup, then mounted through
+        # cloud-init's mounts (and the mount script found them mounted).
         for disk in default_disk_map(pod).disks:
             assert disk.serial == disk_serial(disk.volume)
             resolved = _run(vm, key, f"readlink -f {disk.path}").strip()
@@ -172,8 +192,21 @@ def test_seed_configures_a_real_debian_guest(tmp_path: Path, kind: CloudInitImag
             if disk.volume == "block":
                 assert _run(vm, key, "readlink -f /dev/vmpod-block").strip() == resolved
         assert _run(vm, key, "cat /mnt/block/marker.txt") == "block device\n"
-        assert _run(vm, key, "cat /data/marker.txt") == "flexvolume data\n"
-        assert "/data" in _run(vm, key, "grep cloudconfig /etc/fstab")
+        disks = {disk.volume: disk for disk in default_disk_map(pod).disks}
+        report = _disk_report(vm, key)
+        data_disk = _run(vm, key, f"readlink -f {disks['data'].path}").strip()
+        assert _run(vm, key, f"blkid -p -o value -s PTTYPE {data_disk}").strip() == "dos", report
+        assert _run(vm, key, f"lsblk -n -o TYPE {data_disk}").split() == ["disk", "part"], report  # one partition
+        assert _run(vm, key, "findmnt -n -o SOURCE,FSTYPE /data").split() == [data_disk + "1", "ext4"], report
+        whole_disk = _run(vm, key, f"readlink -f {disks['whole'].path}").strip()
+        assert _run(vm, key, "findmnt -n -o SOURCE,FSTYPE /whole").split() == [whole_disk, "ext4"], report
+        _run(vm, key, "echo written > /data/marker.txt && echo whole > /whole/marker.txt && sync")
+        assert _run(vm, key, "cat /data/marker.txt /whole/marker.txt") == "written\nwhole\n"
+        fstab = [line.split()[:2] for line in _run(vm, key, "grep cloudconfig /etc/fstab").splitlines()]
+        assert [disks["data"].path + "-part1", "/data"] in fstab
+        assert [disks["whole"].path, "/whole"] in fstab
+        # The mount script, run again, finds both mounted and does nothing.
+        assert _run(vm, key, "/etc/cloud/mount-volumes.sh && echo ok") == "ok\n"
 
         # The network configuration came from the seed: static addresses (not a DHCP lease), the
         # extra address and the MTU only the seed sets, on the interface with the CNI MAC.

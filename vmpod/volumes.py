@@ -14,8 +14,9 @@ volume                     in the machine
 PVC, ``volumeMode: Block``  the bound PV's ``local``/``hostPath`` path as a raw disk
 PVC, filesystem            the bound PV's ``local``/``hostPath`` directory, shared over 9p
 flexVolume ``qcow2``       a blank qcow2 disk of ``capacity`` in the pod's work dir (Virtlet
-                           also partitioned and formatted it with libguestfs; vmpod leaves it
-                           blank: format it from cloud-init ``fs_setup`` or in the guest)
+                           formatted it on the host with libguestfs; vmpod's seed has the guest
+                           partition and format it on first boot: cloud-init ``disk_setup`` and
+                           ``fs_setup``, see :mod:`vmpod.cloudinit.generate`)
 flexVolume ``raw``         the host block device ``path`` (under ``/dev/``) as a raw disk
 flexVolume ``ceph``        refused: deprecated in Virtlet, not supported
 ``configMap``/``secret``   nothing here: cloud-init writes their files in the guest

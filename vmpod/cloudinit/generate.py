@@ -22,7 +22,10 @@ The rules (Virtlet's, with its bugs fixed; ``docs/cloud-init.md`` lists them):
   appended after the user's own entries: ``mounts`` for volumes,
   ``runcmd`` running the symlink and mount scripts (and linking them into
   ``per-boot``), and ``write_files`` for Secret and ConfigMap volumes,
-  file-like mounts, the two scripts and ``/etc/cloud/environment``.
+  file-like mounts, the two scripts and ``/etc/cloud/environment``; and
+  ``disk_setup``/``fs_setup`` entries that partition and format each blank
+  ``qcow2`` flexvolume disk the way Virtlet's libguestfs did (MBR, one ext4
+  partition), never touching a disk or partition that already holds data.
 * **network config**: from the network description, unless the root disk is
   persistent or ``VirtletForceDHCPNetworkConfig`` is set.
 """
@@ -61,6 +64,7 @@ from vmpod.model import (
     FlexVolume,
     HostPathVolume,
     PersistentVolumeClaimVolume,
+    Qcow2FlexOptions,
     SecretVolume,
     VMPod,
 )
@@ -327,6 +331,8 @@ class _Plan:
     write_files: tuple[dict[str, Any], ...] = ()
     symlinks: tuple[tuple[GuestDisk, str], ...] = ()
     mount_lines: tuple[BlockMount | NinePMount, ...] = ()
+    disk_setup: tuple[tuple[str, dict[str, Any]], ...] = ()
+    fs_setup: tuple[dict[str, Any], ...] = ()
 
     @property
     def symlink_script(self) -> str | None:
@@ -440,8 +446,47 @@ def _plan_volumes(pod: VMPod, disks: DiskMap) -> _Plan:
         if device.device_path == "/":
             continue
         symlinks.append((_disk(disks, device.name, f"{_CONTAINER}.volumeDevices[{index}]"), device.device_path))
+    disk_setup, fs_setup = _format_blank_disks(pod, disks)
     return _Plan(mounts=tuple(mounts), write_files=tuple(secrets + config_maps + file_like),
-                 symlinks=tuple(symlinks), mount_lines=tuple(mount_lines))
+                 symlinks=tuple(symlinks), mount_lines=tuple(mount_lines), disk_setup=disk_setup,
+                 fs_setup=fs_setup)
+
+
+def _format_blank_disks(pod: VMPod,
+                        disks: DiskMap) -> tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[dict[str, Any], ...]]:
+    """cloud-init ``disk_setup`` and ``fs_setup`` entries preparing each ``qcow2`` flexvolume disk.
+
+    The disk is created blank; Virtlet formatted it with libguestfs (an MBR, one
+    partition, ext4), which is why a mount defaults to partition 1.  The guest
+    does the same on first boot, by the disk's stable path, following the
+    volume's ``part`` option: none or ``"1"`` → an MBR with one partition
+    spanning the disk, ext4 on it; ``"0"`` → ext4 on the whole disk; ``"N"``
+    (N > 1) → nothing (such a partition can only be the user's own doing).
+
+    Both are safe on a disk that holds data: ``disk_setup`` with
+    ``overwrite: false`` leaves a disk that has a partition table or a
+    filesystem alone, and ``fs_setup`` with ``partition: any`` reuses the
+    first ext4 filesystem of the disk, formats only the first partition
+    without a filesystem (the whole disk when it has no partition and no
+    filesystem) and skips a disk whose partitions all hold something else.
+    ``layout: [100]`` rather than ``true``: for ``true`` cloud-init 22.4 feeds
+    sfdisk ``0,`` (start at sector 0), which util-linux 2.38 refuses.
+    (A numbered ``partition`` would reformat a partition holding another
+    filesystem or label, and ``none`` formats the whole disk unconditionally.)
+    """
+    disk_setup: list[tuple[str, dict[str, Any]]] = []
+    fs_setup: list[dict[str, Any]] = []
+    for volume in sorted(pod.volumes, key=lambda v: v.name):
+        if not isinstance(volume, FlexVolume) or not isinstance(volume.options, Qcow2FlexOptions):
+            continue
+        part = 1 if volume.options.part is None else volume.options.part
+        if part > 1:
+            continue
+        disk = _disk(disks, volume.name, f"spec.volumes[{_volume_index(pod, volume.name)}]")
+        if part == 1:
+            disk_setup.append((disk.path, {"table_type": "mbr", "layout": [100], "overwrite": False}))
+        fs_setup.append({"device": disk.path, "filesystem": "ext4", "partition": "any", "overwrite": False})
+    return tuple(disk_setup), tuple(fs_setup)
 
 
 def _disk(disks: DiskMap, volume: str, where: str) -> GuestDisk:
@@ -535,7 +580,29 @@ def _user_data(pod: VMPod, plan: _Plan) -> str:
         data["runcmd"] = list(data.get("runcmd") or []) + runcmd
     if write_files:
         data["write_files"] = list(data.get("write_files") or []) + write_files
+    _add_disk_formatting(pod, data, plan)
     return render_user_data(data)
+
+
+def _add_disk_formatting(pod: VMPod, data: dict[str, Any], plan: _Plan) -> None:
+    """Add the plan's ``disk_setup`` and ``fs_setup`` entries for devices the user's own entries do not name."""
+    if not plan.disk_setup and not plan.fs_setup:
+        return  # the user's keys, whatever they hold, are passed through untouched
+    user_disks = data.get("disk_setup")
+    if user_disks is not None and not isinstance(user_disks, dict):
+        raise SpecError(_origin(pod, "disk_setup"), "user-data 'disk_setup' must be a map", value=user_disks,
+                        accepted="a YAML map of device to partitioning")
+    user_fs = data.get("fs_setup")
+    if user_fs is not None and not isinstance(user_fs, list):
+        raise SpecError(_origin(pod, "fs_setup"), "user-data 'fs_setup' must be a list", value=user_fs,
+                        accepted="a YAML list")
+    disk_setup = {path: entry for path, entry in plan.disk_setup if path not in (user_disks or {})}
+    named = {entry.get("device") for entry in user_fs or [] if isinstance(entry, dict)}
+    fs_setup = [dict(entry) for entry in plan.fs_setup if entry["device"] not in named]
+    if disk_setup:
+        data["disk_setup"] = {**(user_disks or {}), **disk_setup}
+    if fs_setup:
+        data["fs_setup"] = list(user_fs or []) + fs_setup
 
 
 # --------------------------------------------------------------------------- network

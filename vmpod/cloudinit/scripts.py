@@ -6,7 +6,10 @@ number of times:
 * ``/etc/cloud/symlink-devs.sh`` makes each block ``volumeDevices`` path
   (``/dev/testpvc``) a symlink to the disk's kernel device;
 * ``/etc/cloud/mount-volumes.sh`` mounts each flexvolume disk and each 9p
-  share at its ``mountPath`` unless something is mounted there already;
+  share at its ``mountPath`` unless something is mounted there already; a
+  partition that does not exist (a blank qcow2 flexvolume in a guest without
+  cloud-init to partition it) is reported on stderr and skipped, the other
+  mounts still happen;
 * :func:`volume_script` is both in one, what ``@virtlet-mount-script@`` in a
   user-data script is replaced with.
 
@@ -110,9 +113,15 @@ def _mount_line(mount: BlockMount | NinePMount) -> str:
     if isinstance(mount, NinePMount):
         options = "trans=virtio,ro" if mount.read_only else "trans=virtio"
         return guard + f"mount -t 9p -o {options} {_q(mount.tag)} {target}; fi"
-    suffix = str(mount.partition) if mount.partition else ""
     read_only = "-o ro " if mount.read_only else ""
-    return guard + f"{_lookup(mount.disk)} && mount {read_only}\"$vmpod_dev\"{suffix} {target}; fi"
+    if not mount.partition:
+        return guard + f"{_lookup(mount.disk)} && mount {read_only}\"$vmpod_dev\" {target}; fi"
+    # A blank disk (a qcow2 flexvolume in a guest without cloud-init's disk_setup) has no partition:
+    # say so instead of letting mount fail on a missing device node.
+    part = mount.partition
+    check = (f"{{ [ -b \"$vmpod_dev\"{part} ] || {{ echo \"vmpod: $vmpod_dev has no partition {part} "
+             f"(a blank disk?), not mounting\" {target} >&2; false; }}; }}")
+    return guard + f"{_lookup(mount.disk)} && {check} && mount {read_only}\"$vmpod_dev\"{part} {target}; fi"
 
 
 def mount_script(mounts: Sequence[BlockMount | NinePMount]) -> str | None:
