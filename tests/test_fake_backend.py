@@ -64,13 +64,79 @@ def run_child(state_dir: Path, code: str) -> str:
 # --------------------------------------------------------------------------- persistence
 
 
+NO_FAULTS = {"fail_create": [], "fail_start": [], "hang_stop": [], "latency": 0.0, "op_latency": {}}
+
+
 def test_files_are_under_the_backend_directory(state_dir: Path) -> None:
-    open_fake(state_dir)
+    backend = open_fake(state_dir)
     directory = state_dir / "backends" / "fake"
-    assert sorted(p.name for p in directory.iterdir()) == ["state.json", "state.lock"]
-    assert json.loads((directory / "state.json").read_text()) == {
-        "format": 1, "machines": {},
-        "faults": {"fail_create": [], "fail_start": [], "hang_stop": [], "latency": 0.0, "op_latency": {}}}
+    assert sorted(p.name for p in directory.iterdir()) == ["faults.json", "machines", "state.lock"]
+    assert json.loads((directory / "faults.json").read_text()) == {"format": 2, "faults": NO_FAULTS}
+    assert list((directory / "machines").iterdir()) == []
+    backend.create(machine(state_dir))
+    (stored,) = (directory / "machines").iterdir()
+    assert stored.name == "vm.json"
+    data = json.loads(stored.read_text())
+    assert (data["format"], data["machine"]["name"], data["machine"]["state"]) == (2, "vm", "created")
+    backend.destroy("vm")
+    assert sorted(p.name for p in directory.iterdir()) == ["faults.json", "machines", "state.lock"]
+    assert list((directory / "machines").iterdir()) == []
+
+
+def test_a_call_touches_only_its_machine_file(state_dir: Path) -> None:
+    backend = open_fake(state_dir)
+    for name in ("a", "b"):
+        backend.create(default_machine(name, state_dir / "pods" / name))
+    machines = state_dir / "backends" / "fake" / "machines"
+    before = {p.name: p.stat().st_mtime_ns for p in machines.iterdir()}
+    time.sleep(0.01)
+    backend.start("a")
+    after = {p.name: p.stat().st_mtime_ns for p in machines.iterdir()}
+    assert after["b.json"] == before["b.json"]
+    assert after["a.json"] != before["a.json"]
+
+
+@pytest.mark.parametrize("name", ["with/slash", ".", "..", "a b%c", "ünï", "é" * 100, "x" * 300, "x" * 299 + "y"])
+def test_any_machine_name_has_its_own_file(state_dir: Path, name: str) -> None:
+    backend = open_fake(state_dir)
+    backend.create(default_machine(name, state_dir / "pods" / "m"))
+    backend.create(default_machine("other", state_dir / "pods" / "other"))
+    assert backend.status(name).state is MachineState.CREATED
+    assert [info.name for info in backend.list()] == sorted([name, "other"])
+    files = list((state_dir / "backends" / "fake" / "machines").iterdir())
+    assert len(files) == 2
+    assert all(len(f.name) <= 220 and "/" not in f.name for f in files)
+    backend.destroy(name)
+    assert [info.name for info in backend.list()] == ["other"]
+    with pytest.raises(NotFoundError):
+        backend.status(name)
+
+
+def test_a_format_1_state_file_is_split_on_open(state_dir: Path) -> None:
+    directory = state_dir / "backends" / "fake"
+    directory.mkdir(parents=True)
+    record = {"name": "old", "uuid": str(uuid.uuid4()), "state": "running", "created_at": 1, "labels": {"k": "v"},
+              "started_at": 2, "finished_at": 0, "exit_code": 0, "exit_reason": "", "message": "",
+              "cpu_time_ns": 0, "memory_bytes": 1 << 20, "vcpus": 1, "serial_log": "", "disks": [], "seed": ""}
+    (directory / "state.json").write_text(json.dumps({
+        "format": 1, "machines": {"old": record}, "faults": {**NO_FAULTS, "fail_start": ["x*"]}}))
+    backend = open_fake(state_dir)
+    assert not (directory / "state.json").exists()
+    (info,) = backend.list()
+    assert (info.name, info.state, dict(info.labels)) == ("old", MachineState.RUNNING, {"k": "v"})
+    assert backend.status("old").started_at == 2
+    assert backend.faults().fail_start == ("x*",)
+
+
+def test_an_unknown_format_is_refused(state_dir: Path) -> None:
+    backend = open_fake(state_dir)
+    backend.create(machine(state_dir))
+    stored = state_dir / "backends" / "fake" / "machines" / "vm.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "format": 99}))
+    with pytest.raises(BackendError, match="unsupported state file format 99"):
+        backend.status("vm")
+    with pytest.raises(BackendError, match="unsupported state file format 99"):
+        backend.list()
 
 
 def test_a_child_process_sees_the_running_machine_and_does_not_restart_it(state_dir: Path) -> None:

@@ -1,20 +1,32 @@
-"""The fake backend: a simulated hypervisor whose machines live in a JSON file.
+"""The fake backend: a simulated hypervisor whose machines live in small JSON files.
 
-No guest runs.  A machine is a record in ``<state_dir>/backends/fake/state.json``;
+No guest runs.  A machine is a record in ``<state_dir>/backends/fake/machines/``;
 every process and thread opening the same state directory sees the same machines,
 so the fake survives a vmpod restart the way a real hypervisor does: a new
 :class:`FakeBackend` reports the machines, and never restarts them.
 
-Files (created when a backend is opened, kept while the directory lives):
+Every call reads and writes only the files it needs, so its cost does not grow with the
+number of machines (``list`` reads each machine once: it returns them all).
 
-``state.json``
-    ``{"format": 1, "machines": {name: record}, "faults": {...}}``; replaced atomically
-    (write ``state.json.tmp``, then :func:`os.replace`), so a reader never sees half a file.
-    Not fsync'ed: it survives a process crash, not a power cut.
+Files (under ``<state_dir>/backends/fake``):
+
+``faults.json``
+    ``{"format": 2, "faults": {...}}``: the faults stored by :meth:`FakeBackend.set_faults`
+    (written when a backend is opened, kept while the directory lives).
+``machines/<name>.json``
+    ``{"format": 2, "machine": record}``, one file per machine, removed by ``destroy``.
+    The file name is the machine name percent-encoded (a long name is cut and given a hash).
 ``state.lock``
-    writers hold an exclusive :func:`fcntl.flock` on it (a new file description per call, so
-    threads of one process exclude each other too) for the read-modify-write of ``state.json``;
-    readers take no lock.
+    every change of a machine holds an exclusive lock on one byte of this file, at an offset
+    derived from the machine name (an open file description lock, ``F_OFD_SETLKW``: taken on a
+    new file description per call, so threads of one process exclude each other too), for the
+    read-modify-write of that machine's file; byte 0 is the faults file's.  Changes of different
+    machines proceed in parallel.  Readers take no lock.
+
+Both kinds of JSON file are replaced atomically (write a temporary file next to it, then
+:func:`os.replace`), so a reader never sees half a file.  They are not fsync'ed: they survive a
+process crash, not a power cut.  A ``state.json`` of format 1 (one file for everything, as
+earlier versions wrote it) is split into these files when a backend is opened.
 
 Simulation, what a test can rely on:
 
@@ -28,7 +40,7 @@ Simulation, what a test can rely on:
 
 Faults (:class:`Faults`) come from two places, both applying: the backend options of this
 object (``BackendConfig.options``, see :meth:`Faults.from_options`) and the faults stored in
-the state file by :meth:`FakeBackend.set_faults`, which every process using the directory
+``faults.json`` by :meth:`FakeBackend.set_faults`, which every process using the directory
 sees (a test can make the ``vmpod`` command it runs fail).
 """
 
@@ -37,10 +49,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
+import hashlib
 import json
 import os
+import struct
+import threading
 import time
+import urllib.parse
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,8 +79,10 @@ from vmpod.machine import MARKER_LABEL, Machine
 
 __all__ = ["OPERATIONS", "STATE_FORMAT", "FakeBackend", "Faults"]
 
-#: Version of the ``state.json`` layout.
-STATE_FORMAT: Final = 1
+#: Version of the layout of the state files.
+STATE_FORMAT: Final = 2
+#: The layout of earlier versions: everything in one ``state.json``.
+_SINGLE_FILE_FORMAT: Final = 1
 
 #: The calls latency can be injected into (``latency.<op>`` options).
 OPERATIONS: Final = ("capabilities", "create", "start", "stop", "destroy", "status", "list", "console", "stats")
@@ -71,6 +90,13 @@ OPERATIONS: Final = ("capabilities", "create", "start", "stop", "destroy", "stat
 _PATTERN_OPTIONS: Final = ("fail_create", "fail_start", "hang_stop")
 
 _T = TypeVar("_T")
+
+#: ``struct flock`` of Linux (x86_64, aarch64...): l_type, l_whence, l_start, l_len, l_pid, padding.
+_FLOCK: Final = struct.Struct("hhqqi4x")
+#: The lock byte of the faults file; machines lock bytes 1 .. 2**32.
+_FAULTS_LOCK: Final = 0
+#: Longest machine file name kept readable; longer names are cut and given a hash.
+_MAX_FILE_NAME: Final = 200
 
 
 # --------------------------------------------------------------------------- faults
@@ -172,7 +198,7 @@ class Faults:
 
 @attrs.frozen
 class _Record:
-    """One simulated machine as stored in ``state.json``."""
+    """One simulated machine as stored in its file."""
 
     name: str
     uuid: str
@@ -225,33 +251,36 @@ def _cpu_ns(running_ns: int) -> int:
     return max(running_ns, 0) // 100
 
 
-@attrs.frozen
-class _State:
-    machines: Mapping[str, _Record] = attrs.field(factory=dict)
-    faults: Faults = Faults()
+def _file_name(name: str) -> str:
+    """The file of machine ``name`` in ``machines/``: the name percent-encoded, plus ``.json``."""
+    encoded = urllib.parse.quote(name, safe="")
+    if len(encoded) > _MAX_FILE_NAME:
+        cut = encoded[:_MAX_FILE_NAME - 17]
+        if "%" in cut[-2:]:  # do not split a %XX escape
+            cut = cut[:cut.rindex("%")]
+        encoded = cut + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return encoded + ".json"
 
-    def with_record(self, record: _Record) -> _State:
-        return attrs.evolve(self, machines={**self.machines, record.name: record})
 
-    def without(self, name: str) -> _State:
-        return attrs.evolve(self, machines={k: v for k, v in self.machines.items() if k != name})
+def _lock_offset(name: str) -> int:
+    """The byte of ``state.lock`` that guards machine ``name`` (names sharing a byte just wait for each other)."""
+    return 1 + zlib.crc32(name.encode())
 
-    def record(self, name: str) -> _Record:
-        try:
-            return self.machines[name]
-        except KeyError:
-            raise NotFoundError(f"fake: no machine named {name!r}") from None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "machines": {n: r.to_json() for n, r in sorted(self.machines.items())},
-                "faults": self.faults.to_json()}
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` (a temporary file unique to this thread, then a rename)."""
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> _State:
-        if data.get("format") != STATE_FORMAT:
-            raise BackendError(f"fake: unsupported state file format {data.get('format')!r}")
-        return cls(machines={n: _Record.from_json(r) for n, r in data["machines"].items()},
-                   faults=Faults.from_json(data.get("faults", {})))
+
+def _unsupported(data: Mapping[str, Any], path: Path) -> BackendError:
+    return BackendError(f"fake: unsupported state file format {data.get('format')!r} in {path}")
 
 
 def cri_line(text: str, now_ns: int | None = None) -> str:
@@ -274,55 +303,104 @@ class FakeBackend:
         self.config = config
         self.directory = Path(config.state_dir) / "backends" / self.name
         self._option_faults = Faults.from_options(config.options)
-        self._state_path = self.directory / "state.json"
+        self._machines_dir = self.directory / "machines"
+        self._faults_path = self.directory / "faults.json"
         self._lock_path = self.directory / "state.lock"
         self._closed = False
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._update(lambda state: (state, None))  # writes an empty state file when there is none
+        self._open_files()
 
     # ---- storage --------------------------------------------------------------------
 
-    def _read(self) -> _State:
-        try:
-            data = self._state_path.read_bytes()
-        except FileNotFoundError:
-            return _State()
-        return _State.from_json(json.loads(data))
+    def _machine_path(self, name: str) -> Path:
+        return self._machines_dir / _file_name(name)
 
-    def _write(self, state: _State) -> None:
-        temporary = self._state_path.with_name(self._state_path.name + ".tmp")
-        temporary.write_text(json.dumps(state.to_json(), indent=1) + "\n", encoding="utf-8")
-        os.replace(temporary, self._state_path)
+    def _read_record(self, name: str) -> _Record | None:
+        """The stored record of machine ``name``, or None."""
+        path = self._machine_path(name)
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        if data.get("format") != STATE_FORMAT:
+            raise _unsupported(data, path)
+        record = _Record.from_json(data["machine"])
+        return record if record.name == name else None  # another name with the same cut-and-hashed file name
+
+    def _record(self, name: str) -> _Record:
+        """The stored record of machine ``name``; :class:`NotFoundError` when there is none."""
+        return self._found(self._read_record(name), name)
+
+    def _write_record(self, record: _Record) -> None:
+        _write_json(self._machine_path(record.name), {"format": STATE_FORMAT, "machine": record.to_json()})
+
+    def _stored_faults(self) -> Faults:
+        try:
+            data = json.loads(self._faults_path.read_bytes())
+        except FileNotFoundError:
+            return Faults()
+        if data.get("format") != STATE_FORMAT:
+            raise _unsupported(data, self._faults_path)
+        return Faults.from_json(data.get("faults", {}))
+
+    def _write_faults(self, faults: Faults) -> None:
+        _write_json(self._faults_path, {"format": STATE_FORMAT, "faults": faults.to_json()})
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, offset: int) -> Iterator[None]:
+        """Hold the exclusive lock on byte ``offset`` of ``state.lock``."""
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
             yield
         finally:
             os.close(fd)  # releases the lock
 
-    def _update(self, change: Callable[[_State], tuple[_State, _T]]) -> _T:
-        """Read, change and (when it changed) write the state under the lock; ``change`` may raise."""
-        with self._locked():
-            exists = self._state_path.exists()
-            old = self._read()
-            new, result = change(old)
-            if new != old or not exists:
-                self._write(new)
+    def _update(self, name: str, change: Callable[[_Record | None, Faults], tuple[_Record | None, _T]]) -> _T:
+        """Read, change and (when it changed) write or remove machine ``name`` under its lock.
+
+        ``change`` gets the stored record (None when there is none) and the stored faults, returns the new
+        record (None: remove it) and a result; it may raise, which changes nothing.
+        """
+        with self._locked(_lock_offset(name)):
+            old = self._read_record(name)
+            new, result = change(old, self._stored_faults())
+            if new is None:
+                if old is not None:
+                    self._machine_path(name).unlink()
+            elif new != old:
+                self._write_record(new)
         return result
 
-    def _enter(self, operation: str) -> _State:
-        """Common prologue of every protocol call: refuse when closed, sleep the injected latency."""
+    def _open_files(self) -> None:
+        """Create the directory and the faults file when missing; split a format 1 ``state.json``."""
+        self._machines_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked(_FAULTS_LOCK):
+            single = self.directory / "state.json"
+            if single.exists():
+                data = json.loads(single.read_bytes())
+                if data.get("format") != _SINGLE_FILE_FORMAT:
+                    raise _unsupported(data, single)
+                for record in data.get("machines", {}).values():
+                    with self._locked(_lock_offset(record["name"])):
+                        self._write_record(_Record.from_json(record))
+                self._write_faults(Faults.from_json(data.get("faults", {})))
+                single.unlink()
+            elif not self._faults_path.exists():
+                self._write_faults(Faults())
+
+    def _enter(self, operation: str) -> Faults:
+        """Common prologue of every protocol call: refuse when closed, sleep the injected latency.
+
+        Returns the faults in effect (options and stored), read after the sleep.
+        """
         if self._closed:
             raise BackendError("fake: the backend is closed")
-        state = self._read()
-        delay = (self._option_faults | state.faults).delay(operation)
+        faults = self._option_faults | self._stored_faults()
+        delay = faults.delay(operation)
         if delay > 0:
             time.sleep(delay)
-            state = self._read()
-        return state
+            faults = self._option_faults | self._stored_faults()
+        return faults
 
     # ---- the Backend protocol ---------------------------------------------------------
 
@@ -341,7 +419,7 @@ class FakeBackend:
             console=False,
             graceful_stop=True,
             survives_restart=True,
-            notes=f"simulated: no guest runs; machines are records in {self._state_path}",
+            notes=f"simulated: no guest runs; machines are records in {self._machines_dir}",
         )
 
     def create(self, machine: Machine) -> MachineStatus:
@@ -349,60 +427,59 @@ class FakeBackend:
         self._enter("create")
         self._check_fits(machine)
 
-        def change(state: _State) -> tuple[_State, _Record]:
-            existing = state.machines.get(machine.name)
+        def change(existing: _Record | None, stored: Faults) -> tuple[_Record | None, _Record]:
             if existing is not None:
                 if existing.uuid != str(machine.uuid):
                     raise ConflictError(f"fake: machine {machine.name!r} exists with another UUID ({existing.uuid})")
-                return state, existing
-            if Faults.matches((self._option_faults | state.faults).fail_create, machine.name):
+                return existing, existing
+            if Faults.matches((self._option_faults | stored).fail_create, machine.name):
                 raise BackendError(f"fake: injected fault: cannot create machine {machine.name!r}")
             seed = machine.seed_disk
             record = _Record(name=machine.name, uuid=str(machine.uuid), state=MachineState.CREATED,
                              created_at=time.time_ns(), labels=dict(machine.labels),
                              memory_bytes=machine.memory_bytes, vcpus=machine.vcpus, serial_log=machine.serial_log,
                              disks=tuple(d.path for d in machine.disks), seed=seed.path if seed else "")
-            return state.with_record(record), record
+            return record, record
 
-        return self._update(change).status()
+        return self._update(machine.name, change).status()
 
     def start(self, name: str) -> MachineStatus:
         """Boot the machine (append the boot banner to its serial log); a running machine is left alone."""
         self._enter("start")
 
-        def change(state: _State) -> tuple[_State, tuple[_Record, str]]:
-            record = state.record(name)
+        def change(stored: _Record | None, faults: Faults) -> tuple[_Record | None, tuple[_Record, str]]:
+            record = self._found(stored, name)
             if record.state is MachineState.RUNNING:
-                return state, (record, "")
+                return record, (record, "")
             now = time.time_ns()
-            problem = self._start_problem(record, self._option_faults | state.faults, now)
+            problem = self._start_problem(record, self._option_faults | faults, now)
             if problem:
                 record = attrs.evolve(record, state=MachineState.STOPPED, finished_at=now, exit_code=1,
                                       exit_reason="StartError", message=problem)
             else:
                 record = attrs.evolve(record, state=MachineState.RUNNING, started_at=now, finished_at=0,
                                       exit_code=0, exit_reason="", message="")
-            return state.with_record(record), (record, problem)
+            return record, (record, problem)
 
-        record, problem = self._update(change)
+        record, problem = self._update(name, change)
         if problem:
             raise BackendError(problem)
         return record.status()
 
     def stop(self, name: str, timeout: float) -> MachineStatus:
         """Power the machine off; a guest with a ``hang_stop`` fault is forced off after ``timeout``."""
-        state = self._enter("stop")
-        before = state.record(name)
+        faults = self._enter("stop")
+        before = self._record(name)
         if before.state is not MachineState.RUNNING:
             return before.status()
-        forced = Faults.matches((self._option_faults | state.faults).hang_stop, name)
+        forced = Faults.matches(faults.hang_stop, name)
         if forced:
             time.sleep(max(timeout, 0.0))  # the guest ignores the ACPI power-off request
 
-        def change(state: _State) -> tuple[_State, _Record]:
-            record = state.record(name)
+        def change(stored: _Record | None, _faults: Faults) -> tuple[_Record | None, _Record]:
+            record = self._found(stored, name)
             if record.state is not MachineState.RUNNING or record.started_at != before.started_at:
-                return state, record  # stopped (or restarted) by someone else meanwhile
+                return record, record  # stopped (or restarted) by someone else meanwhile
             now = time.time_ns()
             if forced:
                 message = f"forced off after {timeout:g}s: the guest ignored the power-off request"
@@ -410,32 +487,47 @@ class FakeBackend:
             else:
                 record = record.stopped(now, exit_code=0, reason="Stopped", message="powered off by request")
             self._log(record, now, f"[fake] {name}: {record.message}", quiet=True)
-            return state.with_record(record), record
+            return record, record
 
-        return self._update(change).status()
+        return self._update(name, change).status()
 
     def destroy(self, name: str) -> None:
         """Forget the machine (forcing it off); an unknown name is fine."""
         self._enter("destroy")
-        self._update(lambda state: (state.without(name), None))
+        self._update(name, lambda _record, _faults: (None, None))
 
     def status(self, name: str) -> MachineStatus:
         """The machine's status; :class:`NotFoundError` when there is none."""
-        return self._enter("status").record(name).status()
+        self._enter("status")
+        return self._record(name).status()
 
     def list(self) -> tuple[MachineInfo, ...]:
-        """Every machine in the state file, by name."""
-        state = self._enter("list")
-        return tuple(record.info() for _, record in sorted(state.machines.items()))
+        """Every machine, by name (one read of each machine's file)."""
+        self._enter("list")
+        records: list[_Record] = []
+        with os.scandir(self._machines_dir) as entries:
+            names = [entry.name for entry in entries if entry.name.endswith(".json")]
+        for file_name in names:
+            path = self._machines_dir / file_name
+            try:
+                data = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                continue  # destroyed since the listing
+            if data.get("format") != STATE_FORMAT:
+                raise _unsupported(data, path)
+            records.append(_Record.from_json(data["machine"]))
+        return tuple(record.info() for record in sorted(records, key=lambda record: record.name))
 
     def console(self, name: str) -> ConsoleEndpoint:
         """The fake has no interactive console: :class:`BackendError` for a running machine."""
-        record = self._running(self._enter("console"), name, "console")
+        self._enter("console")
+        record = self._running(self._read_record(name), name, "console")
         raise BackendError(f"fake: no interactive console (the serial log of {name!r} is {record.serial_log!r})")
 
     def stats(self, name: str) -> MachineStats:
         """Simulated usage: 1% of one vCPU since start, the machine's memory."""
-        record = self._running(self._enter("stats"), name, "stats")
+        self._enter("stats")
+        record = self._running(self._read_record(name), name, "stats")
         now = time.time_ns()
         return MachineStats(timestamp=now, cpu_time_ns=record.cpu_time_ns + _cpu_ns(now - record.started_at),
                             memory_bytes=record.memory_bytes)
@@ -448,11 +540,12 @@ class FakeBackend:
 
     def faults(self) -> Faults:
         """The faults in effect: this object's options together with the stored ones."""
-        return self._option_faults | self._read().faults
+        return self._option_faults | self._stored_faults()
 
     def set_faults(self, faults: Faults) -> None:
-        """Store ``faults`` in the state file (replacing the stored ones): every process sees them."""
-        self._update(lambda state: (attrs.evolve(state, faults=faults), None))
+        """Store ``faults`` in the faults file (replacing the stored ones): every process sees them."""
+        with self._locked(_FAULTS_LOCK):
+            self._write_faults(faults)
 
     def clear_faults(self) -> None:
         """Remove the stored faults (the options of each backend object still apply)."""
@@ -478,28 +571,35 @@ class FakeBackend:
                          started_at=now if has_run else 0, finished_at=now if state is MachineState.STOPPED else 0,
                          memory_bytes=memory_bytes)
 
-        def change(current: _State) -> tuple[_State, _Record]:
-            if name in current.machines:
+        def change(current: _Record | None, _faults: Faults) -> tuple[_Record | None, _Record]:
+            if current is not None:
                 raise ConflictError(f"fake: a machine named {name!r} exists")
-            return current.with_record(record), record
+            return record, record
 
-        return self._update(change).info()
+        return self._update(name, change).info()
 
     # ---- helpers ----------------------------------------------------------------------
 
     def _exit(self, name: str, *, exit_code: int, reason: str, message: str) -> MachineStatus:
-        def change(state: _State) -> tuple[_State, _Record]:
-            record = self._running(state, name, reason.lower())
+        def change(stored: _Record | None, _faults: Faults) -> tuple[_Record | None, _Record]:
+            record = self._running(stored, name, reason.lower())
             now = time.time_ns()
             record = record.stopped(now, exit_code=exit_code, reason=reason, message=message)
             self._log(record, now, f"[fake] {name}: {message}", quiet=True)
-            return state.with_record(record), record
+            return record, record
 
-        return self._update(change).status()
+        return self._update(name, change).status()
 
     @staticmethod
-    def _running(state: _State, name: str, operation: str) -> _Record:
-        record = state.record(name)
+    def _found(record: _Record | None, name: str) -> _Record:
+        """``record``, or :class:`NotFoundError` when there is no machine ``name``."""
+        if record is None:
+            raise NotFoundError(f"fake: no machine named {name!r}")
+        return record
+
+    @classmethod
+    def _running(cls, stored: _Record | None, name: str, operation: str) -> _Record:
+        record = cls._found(stored, name)
         if record.state is not MachineState.RUNNING:
             raise InvalidTransition(f"fake: cannot {operation} machine {name!r}: it is {record.state}, not running")
         return record
