@@ -21,6 +21,18 @@ see the same machine noise:
 After each measurement the domain is destroyed (and undefined) before the next one.  The aim:
 vmpod <= 1.10 x ``virsh create``.  The median of each side and the median of the per-round
 ratios are printed; nothing asserts on times.
+
+Boot to console-ready (``--ready-rounds N``, default 3; 0 skips it): the whole boot of the tiny
+guest, from the first call to its ``VMPOD-READY`` console line, same XML, same run, alternating:
+
+``vmpod``
+    ``create`` + ``start``, then the line in the pod log (the CRI log ``vmpod logs`` shows, written by
+    the backend's log follower from virtlogd's ``serial.raw``);
+``virsh create``
+    ``virsh create domain.xml``, then the line in ``serial.raw`` (virtlogd's copy of the serial
+    console), as somebody using plain libvirt would watch it.
+
+The aim: vmpod <= ``virsh create`` + 0.5 s (the follower's polling and the CRI log write).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -43,6 +56,7 @@ if str(REPO) not in sys.path:
 from vmpod_libvirt import connection as lv  # noqa: E402
 from vmpod_libvirt.backend import LibvirtBackend  # noqa: E402
 from vmpod_libvirt.domain import domain_xml  # noqa: E402
+from vmpod_libvirt.records import SERIAL_RAW  # noqa: E402
 from vmpod_libvirt.testing import ensure_daemons, shared_dir  # noqa: E402
 
 from tests.support.qemu import make_tiny_pod  # noqa: E402
@@ -50,6 +64,22 @@ from vmpod.backend import BackendConfig, MachineState  # noqa: E402
 from vmpod.guests.tiny import build_tiny_guest  # noqa: E402
 
 NAME = "vmpod-bench-libvirt"
+READY = b"VMPOD-READY"
+POLL = 0.005
+READY_TIMEOUT = 300.0
+
+
+def wait_for_text(path: Path, text: bytes, timeout: float = READY_TIMEOUT) -> float:
+    """Poll ``path`` until it contains ``text``; ``time.perf_counter()`` at that moment."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        now = time.perf_counter()
+        with contextlib.suppress(FileNotFoundError):
+            if text in path.read_bytes():
+                return now
+        if now >= deadline:
+            raise RuntimeError(f"no {text!r} in {path} after {timeout:.0f} s")
+        time.sleep(POLL)
 
 
 def remove(conn: lv.Connect, name: str) -> None:
@@ -67,6 +97,8 @@ def remove(conn: lv.Connect, name: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--ready-rounds", type=int, default=3,
+                        help="rounds of boot to VMPOD-READY on the console (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
 
@@ -116,13 +148,48 @@ def main() -> int:
             order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
             for side in order:
                 times[side].append(sides[side]())
+
+        serial_raw = Path(pod.machine.runtime_dir) / SERIAL_RAW
+
+        def clear_logs() -> None:
+            for path in (serial_raw, pod.log):
+                path.unlink(missing_ok=True)
+
+        vmpod_serial_raw: list[float] = []  # vmpod's boots, the line in serial.raw (not yet in the pod log)
+
+        def vmpod_ready() -> float:
+            clear_logs()
+            started = time.perf_counter()
+            backend.create(pod.machine)
+            backend.start(NAME)
+            in_serial_raw = wait_for_text(serial_raw, READY) - started
+            elapsed = wait_for_text(pod.log, READY) - started
+            backend.destroy(NAME)
+            vmpod_serial_raw.append(in_serial_raw)
+            return elapsed
+
+        def virsh_ready() -> float:
+            clear_logs()
+            started = time.perf_counter()
+            subprocess.run(["virsh", "-q", "-c", daemons.uri, "create", str(xml_file)], check=True,
+                           stdout=subprocess.DEVNULL)
+            elapsed = wait_for_text(serial_raw, READY) - started
+            remove(conn, NAME)
+            return elapsed
+
+        ready_sides: dict[str, Callable[[], float]] = {"vmpod": vmpod_ready, "virsh create": virsh_ready}
+        ready: dict[str, list[float]] = {side: [] for side in ready_sides}
+        for round_index in range(args.ready_rounds):
+            order = list(ready_sides) if round_index % 2 == 0 else list(reversed(ready_sides))
+            for side in order:
+                ready[side].append(ready_sides[side]())
         backend.close()
         lv.close_quietly(conn)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     ratios = [v / r for v, r in zip(times["vmpod"], times["virsh create"], strict=True)]
-    result = {
+    result: dict[str, Any] = {
         "rounds": args.rounds,
         "median_s": {side: round(statistics.median(values), 4) for side, values in times.items()},
         "median_ratio_vmpod_to_virsh_create": round(statistics.median(ratios), 3),
@@ -131,6 +198,16 @@ def main() -> int:
         "ratio_of_medians_vmpod_to_createXML": round(statistics.median(times["vmpod"])
                                                      / statistics.median(times["createXML"]), 3),
     }
+    if args.ready_rounds:
+        differences = [v - r for v, r in zip(ready["vmpod"], ready["virsh create"], strict=True)]
+        result["ready"] = {
+            "rounds": args.ready_rounds,
+            "median_s": {side: round(statistics.median(values), 3) for side, values in ready.items()},
+            "min_s": {side: round(min(values), 3) for side, values in ready.items()},
+            "max_s": {side: round(max(values), 3) for side, values in ready.items()},
+            "median_difference_s_vmpod_minus_virsh_create": round(statistics.median(differences), 3),
+            "vmpod_median_s_in_serial_raw": round(statistics.median(vmpod_serial_raw), 3),
+        }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -140,6 +217,15 @@ def main() -> int:
         print(f"vmpod / virsh create: median of per-round ratios {result['median_ratio_vmpod_to_virsh_create']}, "
               f"ratio of medians {result['ratio_of_medians_vmpod_to_virsh_create']} (aim <= 1.10)")
         print(f"vmpod / createXML (no process start): ratio of medians {result['ratio_of_medians_vmpod_to_createXML']}")
+        if args.ready_rounds:
+            print(f"boot to {READY.decode()} on the console, {args.ready_rounds} rounds:")
+            for side, values in ready.items():
+                print(f"  {side:13s} median {statistics.median(values):7.3f} s  min {min(values):7.3f} s  "
+                      f"max {max(values):7.3f} s")
+            in_raw = result["ready"]["vmpod_median_s_in_serial_raw"]
+            print(f"  (vmpod: the line in serial.raw after a median {in_raw:.3f} s)")
+            print(f"  vmpod - virsh create: median of per-round differences "
+                  f"{result['ready']['median_difference_s_vmpod_minus_virsh_create']:+.3f} s (aim <= +0.5 s)")
     return 0
 
 
