@@ -9,5 +9,7 @@ echo "== ruff"
 python3 -m ruff check vmpod plugins tests benchmarks examples
 echo "== mypy (strict on vmpod/)"
 python3 -m mypy
+echo "== mypy (strict on the backend plugins)"
+python3 -m mypy --strict plugins/vmpod-qemu/vmpod_qemu plugins/vmpod-libvirt/vmpod_libvirt plugins/vmpod-fake/vmpod_fake
 echo "== pytest"
 python3 -m pytest "$@"
