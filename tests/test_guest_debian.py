@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.guestvm import boot_guest, make_ssh_key
 from vmpod.accel import detect_accelerator, kvm_unusable_reason
-from vmpod.guests import GuestBuildError, build_debian_cloud_guest, debian
+from vmpod.guests import GuestBuildError, build_debian_cloud_guest, debian, disk
 
 
 def _kvm_can_create_vm() -> bool:
@@ -93,6 +93,37 @@ def test_default_cache_dir_is_outside_the_repo(monkeypatch: pytest.MonkeyPatch, 
     assert debian.default_cache_dir() == tmp_path / "xdg" / "vmpod" / "guests"
 
 
+def test_debian_guest_uses_the_shared_disk_steps() -> None:
+    assert debian.GuestBuildError is disk.GuestBuildError
+    assert GuestBuildError is disk.GuestBuildError
+    assert debian.default_cache_dir is disk.default_cache_dir
+    assert {"debootstrap", "chroot", "fstrim", "extlinux", "qemu-img"} <= set(debian.BUILD_TOOLS)
+    entry = debian._boot_entry(kernel="vmlinuz-6.1.0-1-cloud-amd64", initrd="initrd.img-6.1.0-1-cloud-amd64",
+                               fs_uuid="0123")
+    # The text the image has always had (the cache key does not cover it): no SERIAL line, TIMEOUT 1.
+    assert entry.extlinux_conf() == (
+        "DEFAULT debian\nPROMPT 0\nTIMEOUT 1\n\nLABEL debian\n  LINUX /boot/vmlinuz-6.1.0-1-cloud-amd64\n"
+        "  INITRD /boot/initrd.img-6.1.0-1-cloud-amd64\n"
+        f"  APPEND root=UUID=0123 {debian.KERNEL_CMDLINE}\n")
+
+
+def test_main_prints_the_image_or_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert debian.main(["--help"]) == 2
+    assert "usage: python3 -m vmpod.guests.debian" in capsys.readouterr().err
+    monkeypatch.setattr(debian, "build_debian_cloud_guest", lambda: tmp_path / "x.qcow2")
+    assert debian.main([]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'x.qcow2'}\n"
+
+    def failing() -> Path:
+        raise GuestBuildError("no mirror")
+
+    monkeypatch.setattr(debian, "build_debian_cloud_guest", failing)
+    assert debian.main([]) == 1
+    assert capsys.readouterr().err == "error: no mirror\n"
+
+
 @pytest.fixture
 def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Replace the real (root, network, minutes) build steps with a quick fake; record work dirs."""
@@ -107,7 +138,7 @@ def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         image.write_bytes(b"QFI\xfb fake image")
         return image
 
-    monkeypatch.setattr(debian, "_check_tools", lambda: None)
+    monkeypatch.setattr(debian, "check_tools", lambda tools: None)
     monkeypatch.setattr(debian.os, "geteuid", lambda: 0)
     monkeypatch.setattr(debian, "_build_image", build)
     return calls

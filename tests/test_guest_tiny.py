@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmpod.guests.disk import BootEntry, GuestBuildError, cached_build
+from vmpod.guests.disk import BootEntry, GuestBuildError, boot_disk, cached_build, run
 from vmpod.guests.tiny import CpioEntry, build_tiny_guest, module_load_order, tiny_guest_key, write_newc
 
 
@@ -94,6 +94,23 @@ def test_extlinux_config() -> None:
     assert entry.extlinux_conf() == (
         "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\n\nLABEL linux\n  LINUX /boot/vmlinuz\n"
         "  INITRD /boot/initrd.img\n  APPEND console=ttyS0 quiet\n")
+    quiet = BootEntry(kernel="/vmlinuz", initrd=None, append="ro", label="x", serial=False, timeout=1)
+    assert quiet.extlinux_conf() == "DEFAULT x\nPROMPT 0\nTIMEOUT 1\n\nLABEL x\n  LINUX /vmlinuz\n  APPEND ro\n"
+
+
+def test_boot_disk_rejects_an_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(GuestBuildError, match="unknown disk format 'vmdk'"), \
+            boot_disk(tmp_path / "d.vmdk", size=1 << 20, fs_label="x", fs_uuid="0", output_format="vmdk"):
+        pass
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_with_a_log_file_reports_its_tail(tmp_path: Path) -> None:
+    log_file = tmp_path / "step.log"
+    assert run(["sh", "-c", "echo out; echo err >&2"], log_file=log_file) == ""
+    assert log_file.read_text() == "out\nerr\n"
+    with pytest.raises(GuestBuildError, match=r"sh failed \(exit 3\):\n(.*\n){29}line 40$"):
+        run(["sh", "-c", "seq -f 'line %g' 40; exit 3"], log_file=log_file)
 
 
 def test_cached_build_publishes_atomically_and_once(tmp_path: Path) -> None:

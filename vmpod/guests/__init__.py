@@ -13,12 +13,19 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vmpod.guests.debian import GuestBuildError, build_debian_cloud_guest, default_cache_dir
+    from vmpod.guests.debian import build_debian_cloud_guest
+    from vmpod.guests.disk import GuestBuildError, default_cache_dir
 
 __all__ = ["GuestBuildError", "build_debian_cloud_guest", "default_cache_dir"]
 
+_MODULES = {
+    "GuestBuildError": "vmpod.guests.disk",
+    "build_debian_cloud_guest": "vmpod.guests.debian",
+    "default_cache_dir": "vmpod.guests.disk",
+}
+
 
 def __getattr__(name: str) -> object:
-    if name in __all__:
-        return getattr(importlib.import_module("vmpod.guests.debian"), name)
+    if name in _MODULES:
+        return getattr(importlib.import_module(_MODULES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

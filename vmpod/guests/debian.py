@@ -8,6 +8,8 @@ configures itself with cloud-init from a NoCloud (``cidata``) or ConfigDrive
 repository, under a name derived from a hash of every input of the build.
 Callers must never write to it: boot it through a qcow2 overlay.
 
+The disk, its cache and its cleanup are :mod:`vmpod.guests.disk`'s: debootstrap
+installs straight into the file system of :func:`~vmpod.guests.disk.boot_disk`.
 Building needs root (loop devices, mount, chroot) and the Debian packages
 ``debootstrap``, ``extlinux``, ``syslinux-common``, ``qemu-utils``,
 ``e2fsprogs``, ``fdisk``/``util-linux``.
@@ -18,23 +20,31 @@ its path.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from vmpod.errors import VmpodError
+from vmpod.guests.disk import (
+    DISK_TOOLS,
+    PARTITION_OFFSET,
+    BootEntry,
+    GuestBuildError,
+    boot_disk,
+    cached_build,
+    check_tools,
+    default_cache_dir,
+    guest_main,
+    inputs_key,
+    install_extlinux,
+    run,
+)
 
 __all__ = [
     "DEFAULT_MIRROR",
@@ -120,10 +130,10 @@ REQUIRED_MODULES: Final[tuple[str, ...]] = (
 )
 
 DISK_SIZE: Final = 3 * 1024**3
-PARTITION_OFFSET: Final = 1024**2
 KERNEL_CMDLINE: Final = "ro console=ttyS0,115200n8 scsi_mod.scan=sync no_timer_check"
-MBR_BOOT_CODE: Final = Path("/usr/lib/syslinux/mbr/mbr.bin")
 FS_LABEL: Final = "vmpod-root"
+#: What a build runs: the disk tools of :mod:`vmpod.guests.disk` (but ``cp``) and these.
+BUILD_TOOLS: Final = ("debootstrap", "chroot", "fstrim", *(t for t in DISK_TOOLS if t != "cp"))
 
 CLOUD_CFG: Final = """\
 # Written by vmpod's guest image builder.
@@ -162,23 +172,9 @@ _CHROOT_ENV: Final[Mapping[str, str]] = {
 }
 
 
-class GuestBuildError(VmpodError):
-    """Building the guest image failed; the message says which step and why."""
-
-
-def default_cache_dir() -> Path:
-    """``$VMPOD_CACHE_DIR/guests``, else ``$XDG_CACHE_HOME/vmpod/guests`` (``~/.cache``)."""
-    env = os.environ.get("VMPOD_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "guests"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "vmpod" / "guests"
-
-
 def image_key(suite: str = DEFAULT_SUITE, mirror: str = DEFAULT_MIRROR) -> str:
     """The hash naming the image built from these inputs (and this recipe)."""
-    recipe = {
+    return inputs_key({
         "recipe_version": RECIPE_VERSION,
         "suite": suite,
         "mirror": mirror,
@@ -189,9 +185,7 @@ def image_key(suite: str = DEFAULT_SUITE, mirror: str = DEFAULT_MIRROR) -> str:
         "kernel_cmdline": KERNEL_CMDLINE,
         "disk_size": DISK_SIZE,
         "partition_offset": PARTITION_OFFSET,
-    }
-    blob = json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    })
 
 
 def build_debian_cloud_guest(
@@ -213,62 +207,40 @@ def build_debian_cloud_guest(
     :raises GuestBuildError: when not root, a tool is missing or a step fails.
     """
     cache = (cache_dir if cache_dir is not None else default_cache_dir()).resolve()
-    image = cache / f"debian-{suite}-cloud-{image_key(suite, mirror)}.qcow2"
-    if image.is_file():
-        log.debug("guest image cached: %s", image)
-        return image
+    name = f"debian-{suite}-cloud-{image_key(suite, mirror)}.qcow2"
+    if (cache / name).is_file():
+        log.debug("guest image cached: %s", cache / name)
+        return cache / name
     if os.geteuid() != 0:
-        raise GuestBuildError(f"building the guest image {image.name} needs root (loop devices, mount)")
-    _check_tools()
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".build.lock"):
-        if image.is_file():  # somebody else built it while we waited
-            log.info("guest image built by another process: %s", image)
-            return image
-        _remove_stale_builds(cache)
-        started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
-        try:
-            debs = cache / ".debs" / hashlib.sha256(f"{suite} {mirror}".encode()).hexdigest()[:16]
-            debs.mkdir(parents=True, exist_ok=True)
-            qcow2 = _build_image(workdir, suite=suite, mirror=mirror, deb_cache=debs)
-            _fsync(qcow2)
-            os.replace(qcow2, image)
-            _fsync(cache)
-        finally:
-            _remove_build_dir(workdir)
-        log.info(
-            "guest image built in %.0f s: %s (%.0f MiB)",
-            time.monotonic() - started,
-            image,
-            image.stat().st_size / 1024**2,
-        )
-        return image
+        raise GuestBuildError(f"building the guest image {name} needs root (loop devices, mount)")
+    check_tools(BUILD_TOOLS)
+    debs = cache / ".debs" / hashlib.sha256(f"{suite} {mirror}".encode()).hexdigest()[:16]
+    started = time.monotonic()
+
+    def build(workdir: Path) -> Path:
+        debs.mkdir(parents=True, exist_ok=True)
+        return _build_image(workdir, suite=suite, mirror=mirror, deb_cache=debs)
+
+    image = cached_build(cache, name, build, lock_name=".build.lock", work_prefix=".build-")
+    log.info(
+        "guest image ready in %.0f s: %s (%.0f MiB)",
+        time.monotonic() - started,
+        image,
+        image.stat().st_size / 1024**2,
+    )
+    return image
 
 
 # -- the build ---------------------------------------------------------------
 
 
 def _build_image(workdir: Path, *, suite: str, mirror: str, deb_cache: Path) -> Path:
-    raw = workdir / "disk.raw"
-    root = workdir / "root"
-    root.mkdir()
-    with raw.open("wb") as f:
-        f.truncate(DISK_SIZE)
-    table = f"label: dos\nstart={PARTITION_OFFSET // 512}, type=83, bootable\n"
-    _run(["sfdisk", "--quiet", str(raw)], input_text=table)
+    qcow2 = workdir / "disk.qcow2"
     fs_uuid = str(uuid.uuid4())
-    with contextlib.ExitStack() as stack:
-        loop = _attach_loop(raw, PARTITION_OFFSET, DISK_SIZE - PARTITION_OFFSET)
-        stack.callback(_detach_loop, loop)
-        # ^64bit: a 3 GiB file system does not need it and older syslinux cannot read it.
-        _run(["mkfs.ext4", "-q", "-F", "-L", FS_LABEL, "-U", fs_uuid, "-O", "^64bit", loop])
-        _run(["mount", loop, str(root)])
-        stack.callback(_umount_tree, root)
-
+    with boot_disk(qcow2, size=DISK_SIZE, fs_label=FS_LABEL, fs_uuid=fs_uuid) as root:
         log.info("debootstrap %s from %s (takes a minute or two)", suite, mirror)
         started = time.monotonic()
-        _run(
+        run(
             [
                 "debootstrap",
                 "--variant=minbase",
@@ -284,23 +256,16 @@ def _build_image(workdir: Path, *, suite: str, mirror: str, deb_cache: Path) -> 
         log.info("debootstrap done in %.0f s", time.monotonic() - started)
 
         for sub, fstype in (("proc", "proc"), ("sys", "sysfs")):
-            _run(["mount", "-t", fstype, fstype, str(root / sub)])
+            run(["mount", "-t", fstype, fstype, str(root / sub)])
         _configure(root, suite=suite, mirror=mirror, fs_uuid=fs_uuid)
         kernel, initrd, kver = _kernel_files(root)
         _check_modules(root, kver)
         _chroot(root, ["update-initramfs", "-u", "-k", kver])
         _check_initramfs(root, kver, initrd)
-        _install_bootloader(root, kernel=kernel, initrd=initrd, fs_uuid=fs_uuid)
+        log.info("installing extlinux")
+        install_extlinux(root, _boot_entry(kernel=kernel, initrd=initrd, fs_uuid=fs_uuid))
         _clean(root)
-        _run(["fstrim", str(root)])  # so that deleted files' blocks do not land in the qcow2
-        _umount_tree(root)
-        _run(["e2fsck", "-f", "-p", loop])
-    with raw.open("r+b") as f:
-        f.write(MBR_BOOT_CODE.read_bytes()[:440])
-    qcow2 = workdir / "disk.qcow2"
-    log.info("converting to qcow2")
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
-    raw.unlink()
+        run(["fstrim", str(root)])  # so that deleted files' blocks do not land in the qcow2
     return qcow2
 
 
@@ -353,19 +318,15 @@ def _check_initramfs(root: Path, kver: str, initrd: str) -> None:
         raise GuestBuildError(f"the initramfs {initrd} lacks modules {missing}")
 
 
-def _install_bootloader(root: Path, *, kernel: str, initrd: str, fs_uuid: str) -> None:
-    log.info("installing extlinux")
-    boot = root / "boot" / "extlinux"
-    boot.mkdir(parents=True, exist_ok=True)
-    _write(
-        root,
-        "/boot/extlinux/extlinux.conf",
-        "DEFAULT debian\nPROMPT 0\nTIMEOUT 1\n\n"
-        f"LABEL debian\n  LINUX /boot/{kernel}\n  INITRD /boot/{initrd}\n"
-        f"  APPEND root=UUID={fs_uuid} {KERNEL_CMDLINE}\n",
-        0o644,
+def _boot_entry(*, kernel: str, initrd: str, fs_uuid: str) -> BootEntry:
+    return BootEntry(
+        kernel=f"/boot/{kernel}",
+        initrd=f"/boot/{initrd}",
+        append=f"root=UUID={fs_uuid} {KERNEL_CMDLINE}",
+        label="debian",
+        serial=False,
+        timeout=1,
     )
-    _run(["extlinux", "--install", str(boot)])
 
 
 def _clean(root: Path) -> None:
@@ -393,24 +354,6 @@ def _clean(root: Path) -> None:
 # -- helpers -------------------------------------------------------------------
 
 
-def _check_tools() -> None:
-    tools = ("debootstrap", "extlinux", "sfdisk", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount",
-             "chroot", "qemu-img", "fstrim")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if not MBR_BOOT_CODE.is_file():
-        missing.append(f"{MBR_BOOT_CODE} (syslinux-common)")
-    if missing:
-        raise GuestBuildError(f"building the guest image needs {', '.join(missing)}")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(root: Path, path: str, text: str, mode: int) -> None:
     target = root / path.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -419,135 +362,13 @@ def _write(root: Path, path: str, text: str, mode: int) -> None:
     target.chmod(mode)
 
 
-def _run(
-    argv: Sequence[str],
-    *,
-    input_text: str | None = None,
-    log_file: Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> str:
-    """Run ``argv``; return its stdout, or raise :class:`GuestBuildError` with its output."""
-    log.debug("running %s", " ".join(argv))
-    if log_file is not None:
-        with log_file.open("w") as out:
-            proc = subprocess.run(
-                list(argv), input=input_text, stdout=out, stderr=subprocess.STDOUT, text=True,
-                env=None if env is None else dict(env), check=False,
-            )
-        if proc.returncode != 0:
-            tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
-            raise GuestBuildError(f"{argv[0]} failed (exit {proc.returncode}):\n{tail}")
-        return ""
-    proc = subprocess.run(
-        list(argv), input=input_text, capture_output=True, text=True,
-        env=None if env is None else dict(env), check=False,
-    )
-    if proc.returncode != 0:
-        output = (proc.stderr.strip() or proc.stdout.strip())[-4000:]
-        raise GuestBuildError(f"{' '.join(argv)} failed (exit {proc.returncode}): {output}")
-    return proc.stdout
-
-
 def _chroot(root: Path, argv: Sequence[str]) -> str:
-    return _run(["chroot", str(root), *argv], env=_CHROOT_ENV)
-
-
-def _attach_loop(backing: Path, offset: int, size: int) -> str:
-    argv = ["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit", str(size), str(backing)]
-    return _run(argv).strip()
-
-
-def _detach_loop(device: str) -> None:
-    try:
-        _run(["losetup", "--detach", device])
-    except GuestBuildError as exc:
-        log.warning("could not detach %s: %s", device, exc)
-
-
-def _mounts_under(path: Path) -> list[Path]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = str(path)
-    found: list[Path] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(Path(point))
-    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
-
-
-def _umount_tree(path: Path) -> None:
-    """Unmount everything mounted at or below ``path``; lazily if a plain umount fails."""
-    for point in _mounts_under(path):
-        try:
-            _run(["umount", str(point)])
-        except GuestBuildError as exc:
-            log.warning("umount %s failed (%s); detaching lazily", point, exc)
-            _run(["umount", "--lazy", str(point)])
-
-
-def _loops_backed_by(directory: Path) -> list[str]:
-    out = _run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"])
-    devices = []
-    for line in out.splitlines():
-        name, _, back = line.strip().partition(" ")
-        back = back.strip().removesuffix(" (deleted)")
-        if back.startswith(str(directory) + "/"):
-            devices.append(name)
-    return devices
-
-
-def _remove_build_dir(workdir: Path) -> None:
-    """Delete a build directory, releasing its mounts and loop devices first.
-
-    Refuses to delete while anything is still mounted below it: ``rmtree``
-    would descend into the mount.
-    """
-    _umount_tree(workdir)
-    for device in _loops_backed_by(workdir):
-        _detach_loop(device)
-    if _mounts_under(workdir):
-        log.error("not removing %s: something is still mounted below it", workdir)
-        return
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _remove_stale_builds(cache: Path) -> None:
-    """Remove build directories left by a builder that was killed (we hold the lock)."""
-    for stale in cache.glob(".build-*"):
-        log.warning("removing a stale build directory: %s", stale)
-        _remove_build_dir(stale)
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is building a guest image; waiting for %s", lock_path)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return run(["chroot", str(root), *argv], env=_CHROOT_ENV)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build (or find) the default guest image and print its path; ``0`` on success."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        print("usage: python3 -m vmpod.guests.debian   (no arguments; VMPOD_CACHE_DIR sets the cache)",
-              file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        path = build_debian_cloud_guest()
-    except VmpodError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return guest_main(build_debian_cloud_guest, "vmpod.guests.debian", argv)
 
 
 if __name__ == "__main__":

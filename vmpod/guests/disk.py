@@ -4,7 +4,10 @@ A guest builder prepares a directory tree (a root file system, or just
 ``/boot``), then :func:`make_boot_disk` turns it into a disk image a BIOS
 boots: an MBR with syslinux's boot code, one bootable partition with an ext4
 file system made from the directory (copied in without holes), and extlinux in
-``/boot/extlinux`` starting the kernel with the given command line.  Partition
+``/boot/extlinux`` starting the kernel with the given command line.  A builder
+that installs straight into the file system (``debootstrap``) uses the steps
+underneath instead: :func:`boot_disk` (the disk, its file system mounted while
+the ``with`` block runs) and :func:`install_extlinux`.  Partition
 nodes do not appear for loop devices in every environment, so the partition is
 reached through a loop device over its byte range (``losetup --offset
 --sizelimit``).
@@ -31,6 +34,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -41,15 +45,21 @@ import attrs
 from vmpod.errors import VmpodError
 
 __all__ = [
+    "DISK_TOOLS",
     "MBR_BOOT_CODE",
+    "PARTITION_OFFSET",
     "BootEntry",
     "GuestBuildError",
     "attach_loop",
+    "boot_disk",
     "cached_build",
+    "check_tools",
     "default_cache_dir",
     "detach_loop",
     "file_digest",
+    "guest_main",
     "inputs_key",
+    "install_extlinux",
     "make_boot_disk",
     "run",
     "umount_tree",
@@ -61,7 +71,8 @@ log = logging.getLogger(__name__)
 MBR_BOOT_CODE: Final = Path("/usr/lib/syslinux/mbr/mbr.bin")
 #: Where the one partition starts (1 MiB, the usual alignment).
 PARTITION_OFFSET: Final = 1024**2
-_DISK_TOOLS: Final = ("cp", "sfdisk", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "extlinux", "qemu-img")
+#: The tools :func:`make_boot_disk` runs (:func:`boot_disk` and :func:`install_extlinux` need all but ``cp``).
+DISK_TOOLS: Final = ("cp", "sfdisk", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "extlinux", "qemu-img")
 
 
 class GuestBuildError(VmpodError):
@@ -74,6 +85,7 @@ class BootEntry:
 
     :param serial: also make extlinux talk on the first serial port (its banner is then
         the guest's first console line).
+    :param timeout: extlinux's ``TIMEOUT``, in tenths of a second.
     """
 
     kernel: str
@@ -81,13 +93,14 @@ class BootEntry:
     append: str
     label: str = "linux"
     serial: bool = True
+    timeout: int = 0
 
     def extlinux_conf(self) -> str:
         """The text of ``extlinux.conf`` for this entry (no menu, no wait)."""
         lines = []
         if self.serial:
             lines.append("SERIAL 0 115200")
-        lines += [f"DEFAULT {self.label}", "PROMPT 0", "TIMEOUT 0", "", f"LABEL {self.label}",
+        lines += [f"DEFAULT {self.label}", "PROMPT 0", f"TIMEOUT {self.timeout}", "", f"LABEL {self.label}",
                   f"  LINUX {self.kernel}"]
         if self.initrd:
             lines.append(f"  INITRD {self.initrd}")
@@ -181,7 +194,33 @@ def make_boot_disk(
 
     :raises GuestBuildError: when a tool is missing or a step fails.
     """
-    check_tools(_DISK_TOOLS)
+    check_tools(DISK_TOOLS)
+    with boot_disk(dest, size=size, fs_label=fs_label, fs_uuid=fs_uuid, output_format=output_format) as mount_point:
+        # Not ``mkfs.ext4 -d``: it keeps runs of zeros as holes, and syslinux cannot load a
+        # kernel with holes ("I/O error").  ``cp --sparse=never`` writes every block.
+        run(["cp", "-a", "--sparse=never", f"{root}/.", str(mount_point)])
+        install_extlinux(mount_point, boot)
+
+
+@contextlib.contextmanager
+def boot_disk(
+    dest: Path,
+    *,
+    size: int,
+    fs_label: str,
+    fs_uuid: str,
+    output_format: str = "qcow2",
+) -> Iterator[Path]:
+    """Make the disk of :func:`make_boot_disk` and yield its file system, empty and mounted.
+
+    The caller fills the file system (and calls :func:`install_extlinux`) in the ``with``
+    block.  When the block ends normally, everything mounted at or below the mount point is
+    unmounted, the file system checked, the MBR boot code written and, for ``qcow2``, the
+    image converted to ``dest``; when it raises, the mounts and the loop device are released
+    and nothing more is done.  Scratch files (the raw image, the mount point) go next to ``dest``.
+
+    :raises GuestBuildError: when a step fails.
+    """
     if output_format not in ("raw", "qcow2"):
         raise GuestBuildError(f"unknown disk format {output_format!r}: use raw or qcow2")
     raw = dest if output_format == "raw" else dest.with_name(dest.name + ".raw")
@@ -193,26 +232,51 @@ def make_boot_disk(
     with contextlib.ExitStack() as stack:
         loop = attach_loop(raw, PARTITION_OFFSET, size - PARTITION_OFFSET)
         stack.callback(detach_loop, loop)
-        # ^64bit: a small file system does not need it and syslinux 6.04 cannot boot from one.
+        # ^64bit: a file system below 16 TiB does not need it and syslinux 6.04 cannot boot from one.
         run(["mkfs.ext4", "-q", "-F", "-L", fs_label, "-U", fs_uuid, "-O", "^64bit", loop])
         mount_point.mkdir()
         stack.callback(mount_point.rmdir)
         run(["mount", loop, str(mount_point)])
         stack.callback(umount_tree, mount_point)
-        # Not ``mkfs.ext4 -d``: it keeps runs of zeros as holes, and syslinux cannot load a
-        # kernel with holes ("I/O error").  ``cp --sparse=never`` writes every block.
-        run(["cp", "-a", "--sparse=never", f"{root}/.", str(mount_point)])
-        extlinux_dir = mount_point / "boot" / "extlinux"
-        extlinux_dir.mkdir(parents=True, exist_ok=True)
-        (extlinux_dir / "extlinux.conf").write_text(boot.extlinux_conf())
-        run(["extlinux", "--install", str(extlinux_dir)])
+        yield mount_point
         umount_tree(mount_point)
         run(["e2fsck", "-f", "-p", loop])
     with raw.open("r+b") as f:
         f.write(MBR_BOOT_CODE.read_bytes()[:440])
     if output_format == "qcow2":
+        log.info("converting to qcow2")
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(dest)])
         raw.unlink()
+
+
+def install_extlinux(root: Path, boot: BootEntry) -> None:
+    """Write ``root/boot/extlinux/extlinux.conf`` for ``boot`` and install extlinux there.
+
+    ``root`` is the mounted file system of :func:`boot_disk`.
+    """
+    extlinux_dir = root / "boot" / "extlinux"
+    extlinux_dir.mkdir(parents=True, exist_ok=True)
+    (extlinux_dir / "extlinux.conf").write_text(boot.extlinux_conf())
+    run(["extlinux", "--install", str(extlinux_dir)])
+
+
+def guest_main(build: Callable[[], Path], module: str, argv: Sequence[str] | None = None) -> int:
+    """The ``python3 -m <module>`` entry point of a guest builder: ``build()``, print the path.
+
+    Takes no arguments (``2`` and a usage line if given some); ``1`` when the build fails.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        print(f"usage: python3 -m {module}   (no arguments; VMPOD_CACHE_DIR sets the cache)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        path = build()
+    except VmpodError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
 
 
 # -- tools ---------------------------------------------------------------------------------
@@ -233,20 +297,35 @@ def run(
     input_text: str | None = None,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
 ) -> str:
-    """Run ``argv`` (no shell); return its stdout, or raise :class:`GuestBuildError` with its output."""
+    """Run ``argv`` (no shell); return its stdout, or raise :class:`GuestBuildError` with its output.
+
+    With ``log_file``, stdout and stderr go to that file instead (for long, chatty steps),
+    ``""`` is returned and the error carries the file's last 30 lines.
+    """
     log.debug("running %s", " ".join(argv))
     try:
-        proc = subprocess.run(
-            list(argv), input=input_text, capture_output=True, text=True, cwd=cwd,
-            env=None if env is None else dict(env), check=False,
-        )
+        if log_file is not None:
+            with log_file.open("w") as out:
+                proc = subprocess.run(
+                    list(argv), input=input_text, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                    env=None if env is None else dict(env), check=False,
+                )
+        else:
+            proc = subprocess.run(
+                list(argv), input=input_text, capture_output=True, text=True, cwd=cwd,
+                env=None if env is None else dict(env), check=False,
+            )
     except OSError as exc:
         raise GuestBuildError(f"cannot run {argv[0]}: {exc}") from exc
     if proc.returncode != 0:
+        if log_file is not None:
+            tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
+            raise GuestBuildError(f"{argv[0]} failed (exit {proc.returncode}):\n{tail}")
         output = (proc.stderr.strip() or proc.stdout.strip())[-4000:]
         raise GuestBuildError(f"{' '.join(argv)} failed (exit {proc.returncode}): {output}")
-    return proc.stdout
+    return proc.stdout if log_file is None else ""
 
 
 def attach_loop(backing: Path, offset: int, size: int) -> str:

@@ -58,7 +58,6 @@ from typing import Final
 
 import attrs
 
-from vmpod.errors import VmpodError
 from vmpod.guests.disk import (
     MBR_BOOT_CODE,
     BootEntry,
@@ -67,6 +66,7 @@ from vmpod.guests.disk import (
     check_tools,
     default_cache_dir,
     file_digest,
+    guest_main,
     inputs_key,
     make_boot_disk,
     run,
@@ -453,19 +453,7 @@ def _build(workdir: Path, deb_cache: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build (or find) the tiny guest image and print its path; ``0`` on success."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        print("usage: python3 -m vmpod.guests.tiny   (no arguments; VMPOD_CACHE_DIR sets the cache)",
-              file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        path = build_tiny_guest()
-    except VmpodError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return guest_main(build_tiny_guest, "vmpod.guests.tiny", argv)
 
 
 if __name__ == "__main__":
