@@ -7,6 +7,7 @@ under ``images/tmp`` nor ``images/sha256``).
 from __future__ import annotations
 
 import hashlib
+import io
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ import yaml
 
 from tests.support.imageserver import ImageServer, TLSFiles, make_tls
 from vmpod.errors import NotFoundError, SpecError
-from vmpod.images import ImageConfig, ImagePullError, load_translations
+from vmpod.images import ImageConfig, ImagePullError, download, load_translations
 from vmpod.plugins import get_plugin_manager
 from vmpod.runtime.imagestore import ImageStore
 from vmpod.runtime.layout import Layout
@@ -288,3 +289,12 @@ def test_ten_concurrent_pulls_download_once(images: ImageStore, server: ImageSer
     digests = {getattr(r, "digest", r) for r in results}
     assert digests == {_sha(served / "cirros.qcow2")}
     assert len(images.store.images()) == 1
+
+
+def test_an_unresolvable_short_name_points_at_translation_configs() -> None:
+    """Virtlet's users saw `https://cirros` fail with no hint (reference 4.2 row 27)."""
+    with pytest.raises(ImagePullError, match=r"cannot resolve host 'vmpod-no-such-image'.*translation config"):
+        download("https://vmpod-no-such-image/disk.img", io.BytesIO())
+    with pytest.raises(ImagePullError, match=r"cannot resolve host 'image\.invalid'") as caught:
+        download("https://image.invalid/disk.img", io.BytesIO())
+    assert "translation config" not in str(caught.value)

@@ -30,6 +30,7 @@ import json
 import os
 import queue
 import re
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -539,6 +540,11 @@ def download(url: str, out: BinaryIO, transport: Transport = Transport(), progre
                 raise ImagePullError(f"{shown}: no space left on the device while storing the image") from None
             if isinstance(exc, ssl.CertificateError):
                 raise ImagePullError(f"{shown}: TLS error: {exc}") from None
+            if isinstance(exc, socket.gaierror):
+                host = urllib.parse.urlsplit(current).hostname or ""
+                hint = (" (a short image name such as this needs a translation config that maps it to a URL: "
+                        "see docs/images.md)" if "." not in host and host != "localhost" else "")
+                raise ImagePullError(f"{shown}: cannot resolve host {host!r}: {exc.strerror or exc}{hint}") from None
             raise ImagePullError(f"{shown}: {exc.strerror or exc}") from None
     raise ImagePullError(f"{shown}: more than {transport.max_redirects} redirects")
 
