@@ -35,6 +35,7 @@ import pycdlib
 from pycdlib import dates as pycdlib_dates
 from pycdlib import pycdlibexception
 
+from vmpod.durable import fsync_directory
 from vmpod.errors import SpecError
 
 __all__ = [
@@ -153,7 +154,7 @@ def write_iso(files: Mapping[str, bytes], volume_label: str, dest: Path) -> None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(dest.parent)
+    fsync_directory(dest.parent)
 
 
 class _Layout:
@@ -390,12 +391,3 @@ def _freeze_modification_dates(iso: Any, out: BinaryIO) -> None:
         out.seek(start + _VD_MODIFICATION_DATE_OFFSET)
         out.write(_EPOCH_VD_DATE)
     out.seek(0, os.SEEK_END)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import attrs
 
+from vmpod.durable import fsync_directory
 from vmpod.errors import VmpodError
 
 __all__ = [
@@ -168,7 +169,7 @@ def cached_build(
             with result.open("rb") as f:
                 os.fsync(f.fileno())
             os.replace(result, final)
-            _fsync_dir(cache)
+            fsync_directory(cache)
         finally:
             _remove_build_dir(workdir)
     return final
@@ -389,14 +390,6 @@ def _remove_build_dir(workdir: Path) -> None:
         log.error("not removing %s: something is still mounted below it", workdir)
         return
     shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

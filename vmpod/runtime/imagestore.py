@@ -31,6 +31,7 @@ from pathlib import Path
 
 import attrs
 
+from vmpod.durable import fsync_directory
 from vmpod.errors import ConflictError, NotFoundError, SpecError
 from vmpod.hookspecs import ImageSourceSpec
 from vmpod.images import (
@@ -179,7 +180,7 @@ class ImageStore:
             if not dest.exists():
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, dest)
-                _fsync_dir(self.layout.images)
+                fsync_directory(self.layout.images)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise ImagePullError(f"{resolved.url}: no space left on the device while storing the image "
@@ -291,11 +292,3 @@ class ImageStore:
                 with self.store.transaction() as tx:
                     tx.delete_image(record.digest)
         return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
