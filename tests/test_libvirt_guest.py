@@ -7,7 +7,6 @@ itself prints on its serial console, read back from the pod log the follower wri
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import shutil
@@ -21,7 +20,13 @@ from vmpod_libvirt.backend import LibvirtBackend
 from vmpod_libvirt.records import FOLLOWER_FILE, backend_files, read_json
 from vmpod_libvirt.testing import Daemons, ensure_daemons, shared_dir
 
-from tests.support.qemu import log_lines, make_tiny_pod, pids_mentioning, pids_with_open, wait_for_line
+from tests.support.qemu import (
+    make_tiny_pod,
+    pids_mentioning,
+    pids_with_open,
+    stop_gracefully_and_check_log,
+    wait_for_line,
+)
 from vmpod.backend import BackendConfig, MachineState
 from vmpod.errors import NotFoundError
 from vmpod.guests.tiny import build_tiny_guest
@@ -120,18 +125,7 @@ def test_tiny_guest_boots_logs_across_a_restart_and_stops_gracefully(tiny_image:
         wait_for_line(pod.log, "/ #", partial=True)
         with console_typed(backend, name, b"echo VMPOD-TYPED-$((6 * 7))\n"):
             wait_for_line(pod.log, "VMPOD-TYPED-42", timeout=60)
-        stats = backend.stats(name)
-        assert stats.cpu_time_ns > 0
-        assert stats.memory_bytes > 0
-
-        stopped = backend.stop(name, timeout=120)
-        assert (stopped.state, stopped.exit_reason, stopped.exit_code) == (MachineState.STOPPED, "Stopped", 0)
-        assert stopped.finished_at >= stopped.started_at == started.started_at
-        lines = log_lines(pod.log)
-        assert "VMPOD-POWEROFF" in lines, "the guest did not power off on the ACPI button"
-        counts = collections.Counter(line for line in lines if line.startswith("VMPOD-"))
-        assert all(count == 1 for count in counts.values()), f"lost or duplicated console lines: {counts}"
-        assert backend.status(name) == stopped
+        stop_gracefully_and_check_log(backend, name, started, pod.log)
         assert pids_mentioning(f"guest={name},") == []
 
         backend.destroy(name)

@@ -6,7 +6,6 @@ reports on its serial console, through the pod log the supervisor writes.
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import socket
@@ -19,13 +18,13 @@ from vmpod_qemu.backend import QemuBackend
 
 from tests.support.qemu import (
     destroy_all,
-    log_lines,
     make_tiny_pod,
     open_backend,
     pids_mentioning,
     pids_with_open,
     qemu_pid,
     qemu_pids,
+    stop_gracefully_and_check_log,
     supervisor_pid,
     wait_for_line,
     wait_until,
@@ -133,18 +132,7 @@ def test_tiny_guest_on_scsi_with_volumes_shares_and_a_restart(tiny_image: Path, 
     console = backend.console(name)
     assert console.kind == "unix"
     assert Path(console.path).is_socket()
-    stats = backend.stats(name)
-    assert stats.cpu_time_ns > 0
-    assert stats.memory_bytes > 0
-
-    stopped = backend.stop(name, timeout=120)
-    assert (stopped.state, stopped.exit_reason, stopped.exit_code) == (MachineState.STOPPED, "Stopped", 0)
-    assert stopped.finished_at >= stopped.started_at == started.started_at
-    lines = log_lines(pod.log)
-    assert "VMPOD-POWEROFF" in lines, "the guest did not power off on the ACPI button"
-    counts = collections.Counter(line for line in lines if line.startswith("VMPOD-"))
-    assert all(count == 1 for count in counts.values()), f"duplicated console lines: {counts}"
-    assert backend.status(name) == stopped
+    stop_gracefully_and_check_log(backend, name, started, pod.log)
 
     backend.destroy(name)
     backend.destroy(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import attrs
 from vmpod_qemu.backend import QemuBackend
 
-from vmpod.backend import BackendConfig
+from vmpod.backend import Backend, BackendConfig, MachineState, MachineStatus
 from vmpod.cloudinit.iso import CONFIGDRIVE_LABEL, NOCLOUD_LABEL, write_iso
 from vmpod.machine import MARKER_LABEL, Disk, DiskFormat, DiskRole, Filesystem, Machine, Nic
 from vmpod.model import DiskDriver
@@ -101,6 +102,27 @@ def log_lines(log: Path, *, partial: bool = False) -> list[str]:
     if partial and current:
         lines.append(current)
     return lines
+
+
+def stop_gracefully_and_check_log(backend: Backend, name: str, started: MachineStatus,
+                                  log: Path) -> MachineStatus:
+    """Check stats of the running machine, stop it with the ACPI button and check the pod log.
+
+    The guest must power off by itself (``Stopped``, exit code 0, started_at unchanged) and
+    every ``VMPOD-*`` console line must be in the log exactly once.  Returns the final status.
+    """
+    stats = backend.stats(name)
+    assert stats.cpu_time_ns > 0
+    assert stats.memory_bytes > 0
+    stopped = backend.stop(name, timeout=120)
+    assert (stopped.state, stopped.exit_reason, stopped.exit_code) == (MachineState.STOPPED, "Stopped", 0)
+    assert stopped.finished_at >= stopped.started_at == started.started_at
+    lines = log_lines(log)
+    assert "VMPOD-POWEROFF" in lines, "the guest did not power off on the ACPI button"
+    counts = collections.Counter(line for line in lines if line.startswith("VMPOD-"))
+    assert all(count == 1 for count in counts.values()), f"lost or duplicated console lines: {counts}"
+    assert backend.status(name) == stopped
+    return stopped
 
 
 def wait_for_line(log: Path, prefix: str, timeout: float = 240, *, partial: bool = False) -> list[str]:
