@@ -113,11 +113,33 @@ def proc_stat(pid: int) -> list[str] | None:
 
 
 def proc_starttime(pid: int) -> int | None:
-    """Start time of process ``pid`` (clock ticks since boot), or ``None`` when it is gone or a zombie."""
+    """Start time of process ``pid`` (clock ticks since boot), or ``None`` when it is gone or a zombie.
+
+    A process whose main thread ended while another thread still runs (a multi-threaded process
+    being killed: its main thread shows as a zombie first) is not gone yet: it still holds its
+    descriptors and locks.
+    """
     fields = proc_stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
+    if fields is None:
+        return None
+    if fields[0] in ("Z", "X") and not _other_threads_run(pid):
         return None
     return int(fields[19])
+
+
+def _other_threads_run(pid: int) -> bool:
+    try:
+        threads = [entry.name for entry in os.scandir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    for tid in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2 :].split(maxsplit=1)[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def parent_pid(pid: int) -> int:

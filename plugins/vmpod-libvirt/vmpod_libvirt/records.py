@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from vmpod import consolelog
+from vmpod.consolemux import ATTACH_SOCKET
 from vmpod.procutil import locked, read_json, write_json
 
 __all__ = [
@@ -78,7 +79,7 @@ _KILLED_CODE: Final = 137
 def backend_files(directory: Path) -> list[Path]:
     """Every file and directory the backend or its follower may have made in a runtime directory."""
     names = (SERIAL_RAW, RUN_FILE, STOP_FILE, EXIT_FILE, RECORDS_LOCK, OP_LOCK, FOLLOWER_LOCK, FOLLOWER_FILE,
-             FOLLOWER_LOG, CONSOLE_DIR)
+             FOLLOWER_LOG, CONSOLE_DIR, ATTACH_SOCKET)
     found = [directory / name for name in names]
     found += sorted(directory.glob(f"{SERIAL_RAW}.*"))
     found += sorted(directory.glob(".libvirt-*.tmp"))

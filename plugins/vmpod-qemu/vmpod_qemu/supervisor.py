@@ -1,8 +1,9 @@
-"""The per-machine supervisor: collects qemu's start, writes its serial console to the pod log, records its exit.
+"""The per-machine supervisor: collects qemu's start, writes its serial console to the pod log, serves it to
+attach clients (the console monitor), records its exit.
 
 One small process per running machine, detached from vmpod (its own session), so that the
 pod log keeps growing while no vmpod command runs and across vmpod restarts.  It imports
-only the standard library and vmpod's :mod:`vmpod.consolelog` and :mod:`vmpod.procutil` (which
+only the standard library and vmpod's :mod:`vmpod.consolelog`, :mod:`vmpod.consolemux` and :mod:`vmpod.procutil` (which
 import only the standard library, and the ``vmpod`` package: pluggy); :mod:`vmpod_qemu.launcher`
 starts it (and qemu, first) as
 ``python3 -I -S launcher.py ...``, a few tens of milliseconds instead of a full vmpod import.
@@ -31,6 +32,13 @@ Files, in the machine directory (qemu's working directory):
     machine; whoever else needs to finish the log takes the lock first.
 ``supervisor.log``
     the supervisor's own stdout and stderr (diagnostics).
+``attach.sock``
+    the console monitor (:class:`vmpod.consolemux.ConsoleMux`, in a thread of the supervisor):
+    it stays connected to qemu's ``console.sock`` (reconnecting if it drops), reads it
+    continuously so that qemu never blocks on it, and serves it to any number of ``vmpod attach``
+    clients on this socket (0600).  Bound before the supervisor reports ``ok``: it exists once
+    ``start`` returns.  The log does not come from it (it comes from ``serial.raw``), so a
+    monitor that is killed loses no log line; the backend's next command restarts it (attach mode).
 ``run.json``
     ``{"pid", "starttime", "boot_id", "started_at", "supervisor_pid", "supervisor_starttime",
     "boot"}``: identifies qemu (and the supervisor) beyond its pid: a pid whose start time
@@ -58,6 +66,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from vmpod.consolelog import SERIAL_RAW, CriLogWriter
+from vmpod.consolemux import ATTACH_SOCKET, ConsoleMux, bind_attach_socket, open_unix
 from vmpod.procutil import ProcessIdentity, parent_pid, proc_starttime, read_json, write_json
 
 __all__ = [
@@ -76,6 +85,8 @@ EXIT_FILE: Final = "exit.json"
 STOP_FILE: Final = "stop.json"
 LOCK_FILE: Final = "supervisor.lock"
 PIDFILE: Final = "qemu.pid"
+#: qemu's serial console socket (see :mod:`vmpod_qemu.argv`; not imported from there: this module stays light).
+CONSOLE_SOCKET: Final = "console.sock"
 
 _IN_MODIFY: Final = 0x2
 _IN_NONBLOCK: Final = os.O_NONBLOCK
@@ -311,11 +322,25 @@ def run_daemon(directory: Path, log_path: Path, boot: str, *, report: int, spawn
         if qemu is None or not qemu.alive():
             tell("error: qemu is not running")
             return 1
+        # This supervisor is the one to find (and terminate) from now on; qemu is not its child.
+        write_json(directory / RUN_FILE, {**run, "supervisor_pid": os.getpid(),
+                                          "supervisor_starttime": proc_starttime(os.getpid()),
+                                          "supervisor_is_parent": False})
     try:
         pidfd = os.pidfd_open(sup.qemu_pid)
     except OSError as exc:
         tell(f"error: cannot watch qemu (pid {sup.qemu_pid}): {exc}")
         return 1
+    try:
+        mux = ConsoleMux(bind_attach_socket(directory / ATTACH_SOCKET), open_unix(directory / CONSOLE_SOCKET))
+    except OSError as exc:
+        tell(f"error: cannot serve the console on {ATTACH_SOCKET}: {exc}")
+        return 1
+    mux.start()
     tell(f"ok {sup.qemu_pid}")
-    sup.watch(pidfd)
+    try:
+        sup.watch(pidfd)
+    finally:
+        mux.close()
+        (directory / ATTACH_SOCKET).unlink(missing_ok=True)
     return 0
