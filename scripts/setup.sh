@@ -14,6 +14,7 @@ APT_PACKAGES=(
   genisoimage                           # isoinfo, an independent ISO reader for tests
   openssh-client                        # ssh into test guests
   busybox-static util-linux fdisk e2fsprogs
+  containernetworking-plugins iproute2  # the cni network mode: CNI plugins (in /usr/lib/cni), ip netns
 )
 
 missing=()

@@ -8,25 +8,51 @@ means consistent):
   and the container's CRI state is the one the machine's state maps to;
 * every file artefact (root overlay, seed, log) of a pod exists;
 * no machine carrying vmpod's marker and this store's id is unknown to the store;
+* a CNI attachment (``networks`` row) belongs to a pod with a container, its
+  namespace exists and the pod's IP is recorded; no namespace named after this
+  store is left without one;
 * nothing under ``pods/`` and ``logs/`` is unaccounted for, and every image
   file has its record.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmpod.errors import VmpodError
+from vmpod.network import netns, netns_name
 from vmpod.runtime.builder import STORE_LABEL
 from vmpod.runtime.reconcile import unaccounted_paths
-from vmpod.runtime.records import ArtefactKind
+from vmpod.runtime.records import ArtefactKind, PodRecord
 from vmpod.runtime.states import container_state
 
 if TYPE_CHECKING:
     from vmpod.runtime.runtime import Runtime
 
 __all__ = ["check_consistency"]
+
+
+def _network_problems(runtime: Runtime, by_uid: Mapping[str, PodRecord]) -> list[str]:
+    problems: list[str] = []
+    recorded = set()
+    for network in runtime.store.networks():
+        recorded.add(network.netns)
+        owner = by_uid.get(network.pod_uid)
+        if owner is None or owner.container is None:
+            problems.append(f"CNI attachment {network.netns} of a pod without a container ({network.pod_uid})")
+            continue
+        if not netns.exists(network.netns):
+            problems.append(f"pod {owner.full_name}: its network namespace {network.netns} is missing")
+        if not owner.pod_ip:
+            problems.append(f"pod {owner.full_name}: CNI attachment without a pod IP")
+    prefix = netns_name(runtime.store.store_id, "")
+    if os.path.isdir(netns.NETNS_DIR):
+        problems += [f"network namespace {name} without a CNI attachment" for name in sorted(os.listdir(
+            netns.NETNS_DIR)) if name.startswith(prefix) and name not in recorded]
+    return problems
 
 
 def check_consistency(runtime: Runtime) -> list[str]:
@@ -75,6 +101,7 @@ def check_consistency(runtime: Runtime) -> list[str]:
         for machine in machines.values():
             if machine.owned and machine.labels.get(STORE_LABEL) == store.store_id and machine.name not in names:
                 problems.append(f"orphan machine {backend}:{machine.name}")
+    problems += _network_problems(runtime, by_uid)
     problems += [f"unaccounted path {path}" for path in unaccounted_paths(runtime)]
     known_images = {image.path for image in store.images()}
     for directory in (runtime.layout.images, runtime.layout.images_tmp):

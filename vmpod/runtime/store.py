@@ -28,6 +28,13 @@ Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 ``images`` / ``image_sources``
     content-addressed images and which source (with the source file's
     identity) produced them.
+``networks``
+    a pod's CNI attachment (:class:`~vmpod.network.PodNetwork`): recorded
+    before the namespace is made and ``ADD`` runs, completed with the result,
+    removed after ``DEL``.  ``pods.pod_ip`` is the address its VM owns.
+
+Upgrades: a store of an older schema version is migrated in place
+(:data:`_UPGRADES`) when opened writable.
 
 Concurrency: one connection, shared by all threads behind a lock; every write
 runs in a ``BEGIN IMMEDIATE`` transaction (:meth:`Store.transaction`).
@@ -52,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from vmpod.errors import ConflictError, NotFoundError, VmpodError
+from vmpod.network.attach import PodNetwork
 from vmpod.runtime.records import (
     Artefact,
     ArtefactKind,
@@ -66,7 +74,7 @@ from vmpod.runtime.states import ContainerState, SandboxState
 
 __all__ = ["MAX_EVENTS_PER_POD", "SCHEMA_VERSION", "Store", "StoreError", "Transaction"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_EVENTS_PER_POD = 100
 
 _SCHEMA = """
@@ -85,6 +93,7 @@ CREATE TABLE pods (
     state INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     log_path TEXT NOT NULL,
+    pod_ip TEXT NOT NULL DEFAULT '',
     UNIQUE (namespace, name)
 );
 CREATE TABLE pod_specs (
@@ -150,14 +159,31 @@ CREATE TABLE image_sources (
     stamp TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE networks (
+    pod_uid TEXT PRIMARY KEY,
+    netns TEXT NOT NULL UNIQUE,
+    container_id TEXT NOT NULL,
+    ifname TEXT NOT NULL,
+    config TEXT NOT NULL,
+    result TEXT NOT NULL DEFAULT '',
+    link TEXT NOT NULL DEFAULT ''
+);
 """
+
+#: Statements that bring a store of version ``n - 1`` to version ``n`` (a fresh store gets :data:`_SCHEMA`).
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE pods ADD COLUMN pod_ip TEXT NOT NULL DEFAULT ''",
+        "CREATE TABLE networks (pod_uid TEXT PRIMARY KEY, netns TEXT NOT NULL UNIQUE, container_id TEXT NOT NULL, "
+        "ifname TEXT NOT NULL, config TEXT NOT NULL, result TEXT NOT NULL DEFAULT '', "
+        "link TEXT NOT NULL DEFAULT '')"),
+}
 
 _POD_QUERY = """
 SELECT p.uid, p.namespace, p.name, p.labels, p.annotations, p.backend, p.machine_name, p.state,
        p.created_at, p.log_path,
        c.id, c.name, c.image, c.image_ref, c.state, c.created_at, c.started_at, c.finished_at,
        c.exit_code, c.reason, c.message, c.restart_count,
-       o.kind
+       o.kind, p.pod_ip
 FROM pods p
 LEFT JOIN containers c ON c.pod_uid = p.uid
 LEFT JOIN operations o ON o.pod_uid = p.uid
@@ -192,7 +218,7 @@ def _pod(row: tuple[Any, ...]) -> PodRecord:
     return PodRecord(
         uid=row[0], namespace=row[1], name=row[2], labels=_labels(row[3]), annotations_json=row[4],
         backend=row[5], machine_name=row[6], state=_SANDBOX_STATES[row[7]], created_at=row[8], log_path=row[9],
-        container=container, operation=row[22] or "")
+        container=container, operation=row[22] or "", pod_ip=row[23])
 
 
 class Store:
@@ -253,7 +279,11 @@ class Store:
                     if statement.strip():
                         db.execute(statement)
                 db.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?)", (str(uuid.uuid4()),))
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            else:
+                for upgrade in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in _UPGRADES[upgrade]:
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -333,6 +363,15 @@ class Store:
         rows = self._query("SELECT machine FROM machines WHERE pod_uid = ?", (uid,))
         return str(rows[0][0]) if rows and rows[0][0] else None
 
+    def network(self, uid: str) -> PodNetwork | None:
+        """Pod ``uid``'s CNI attachment, or None (``user`` network mode, or not made yet)."""
+        rows = self._query(f"{_NETWORK_QUERY} WHERE n.pod_uid = ?", (uid,))
+        return _network(rows[0]) if rows else None
+
+    def networks(self) -> list[PodNetwork]:
+        """Every recorded CNI attachment."""
+        return [_network(row) for row in self._query(_NETWORK_QUERY + " ORDER BY n.pod_uid")]
+
     def operation(self, uid: str) -> Operation | None:
         """The open operation of pod ``uid``, or None."""
         rows = self._query("SELECT id, pod_uid, kind, step, started_at, keep_log FROM operations WHERE pod_uid = ?",
@@ -384,6 +423,15 @@ class Store:
                    if p.exists())
 
 
+_NETWORK_QUERY = ("SELECT n.pod_uid, n.netns, n.container_id, n.ifname, n.config, n.result, n.link, "
+                  "COALESCE(p.pod_ip, '') FROM networks n LEFT JOIN pods p ON p.uid = n.pod_uid")
+
+
+def _network(row: tuple[Any, ...]) -> PodNetwork:
+    return PodNetwork(pod_uid=row[0], netns=row[1], container_id=row[2], ifname=row[3], config=row[4],
+                      result=row[5], link=row[6], pod_ip=row[7])
+
+
 def _operation(row: tuple[Any, ...]) -> Operation:
     return Operation(id=row[0], pod_uid=row[1], kind=OperationKind(row[2]), step=row[3], started_at=row[4],
                      keep_log=bool(row[5]))
@@ -429,7 +477,25 @@ class Transaction:
         self._run("DELETE FROM operations WHERE pod_uid = ?", (uid,))
         self._run("DELETE FROM events WHERE pod_uid = ?", (uid,))
         self._run("DELETE FROM artefacts WHERE pod_uid = ? AND retained = 0", (uid,))
+        self._run("DELETE FROM networks WHERE pod_uid = ?", (uid,))
         self._run("DELETE FROM pods WHERE uid = ?", (uid,))
+
+    # ---- networks --------------------------------------------------------------------
+
+    def put_network(self, network: PodNetwork) -> None:
+        """Record (or update) pod ``network.pod_uid``'s CNI attachment and its pod IP."""
+        self._run("INSERT INTO networks (pod_uid, netns, container_id, ifname, config, result, link) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pod_uid) DO UPDATE SET netns = excluded.netns, "
+                  "container_id = excluded.container_id, ifname = excluded.ifname, config = excluded.config, "
+                  "result = excluded.result, link = excluded.link",
+                  (network.pod_uid, network.netns, network.container_id, network.ifname, network.config,
+                   network.result, network.link))
+        self._run("UPDATE pods SET pod_ip = ? WHERE uid = ?", (network.pod_ip, network.pod_uid))
+
+    def delete_network(self, uid: str) -> None:
+        """Forget pod ``uid``'s CNI attachment (it was torn down) and its pod IP."""
+        self._run("DELETE FROM networks WHERE pod_uid = ?", (uid,))
+        self._run("UPDATE pods SET pod_ip = '' WHERE uid = ?", (uid,))
 
     # ---- containers ------------------------------------------------------------------
 
