@@ -12,8 +12,10 @@ lines a test can wait for::
     VMPOD-SEED-DEVICE <device> <label>
     VMPOD-DISK <kernel name> <bytes>[ serial=<serial>]  (one per disk, sorted by name)
     VMPOD-NIC <interface> <mac>                        (one per NIC)
+    VMPOD-NET eth0 <ip>/<prefix>                       (or: VMPOD-NET eth0 none; only with an eth0)
     VMPOD-FS <tag> <entries...>                        (one per 9p share, mounted at /mnt/<tag>)
     VMPOD-FS-WRITE <tag> ok|denied                     (it tries to write <tag>/vmpod-guest-wrote)
+    VMPOD-SSH dropbear keys=<count>                    (or: VMPOD-WARN dropbear failed: <why>)
     VMPOD-READY
     VMPOD-POWEROFF                                     (on the ACPI power button, then poweroff -f)
 
@@ -22,6 +24,17 @@ The seed is found by its ISO 9660 volume label, ``cidata`` (NoCloud: the
 ``config-2`` (ConfigDrive: ``uuid`` and ``hostname`` of
 ``openstack/latest/meta_data.json``), on a cdrom or a plain disk.  After
 ``VMPOD-READY`` an interactive busybox shell runs on the console.
+
+Networking: when there is an ``eth0``, busybox ``udhcpc`` asks for a lease
+(three one-second tries, then it gives up: a guest without DHCP still becomes
+ready within seconds) and :data:`UDHCPC_SCRIPT` applies it.  Two services
+listen on every address: busybox ``httpd`` on TCP port 80, serving an
+``index.html`` that names the hostname, and dropbear on TCP port 22 (public
+keys only, for ``root``; the keys are every ``ssh-*``/``ecdsa-*`` key in the
+seed's meta-data, i.e. ``public-keys`` from ``VirtletSSHKeys``; the host key
+is made on the first connection).  Dropbear and its libraries come from
+Debian's ``dropbear-bin``, ``libtomcrypt1`` and ``libtommath1`` (downloaded
+like the kernel) and, for the rest (libc, zlib...), from the host.
 
 The kernel is Debian's generic ``linux-image-amd64``, not the smaller
 ``linux-image-cloud-amd64``: the cloud flavour is built without 9p
@@ -32,10 +45,11 @@ from it and loaded with ``insmod`` in dependency order, worked out from each
 module's ``.modinfo`` section (the package ships no ``modules.dep``).
 
 The cache key hashes the recipe (init script, modules, command line, sizes),
-the kernel package *name* and the exact bytes of busybox, ``mbr.bin`` and
-``extlinux``.  The kernel version resolved at build time is not part of the
-key (resolving it costs an ``apt-cache`` call on every lookup): a cached image
-keeps its kernel until the cache is cleared or :data:`RECIPE_VERSION` changes.
+the kernel and dropbear package *names* and the exact bytes of busybox, the
+host's dynamic loader, ``mbr.bin`` and ``extlinux``.  The package versions
+resolved at build time are not part of the key (resolving them costs an
+``apt-cache`` call on every lookup): a cached image keeps its kernel and
+dropbear until the cache is cleared or :data:`RECIPE_VERSION` changes.
 
 Run ``python3 -m vmpod.guests.tiny`` to build (or find) the image and print its path.
 """
@@ -77,6 +91,8 @@ __all__ = [
     "KERNEL_CMDLINE",
     "KERNEL_PACKAGE",
     "MODULES",
+    "SSHD_PACKAGES",
+    "UDHCPC_SCRIPT",
     "CpioEntry",
     "build_tiny_guest",
     "main",
@@ -87,8 +103,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bump when the build steps change in a way the constants below do not show.
-RECIPE_VERSION: Final = 1
+#: Bump when the build steps change in a way the constants below do not show (2: networking, httpd, dropbear).
+RECIPE_VERSION: Final = 2
 #: The Debian (meta)package whose kernel the guest boots.
 KERNEL_PACKAGE: Final = "linux-image-amd64"
 BUSYBOX: Final = Path("/bin/busybox")
@@ -114,6 +130,42 @@ MODULES: Final[tuple[str, ...]] = (
 )
 #: ``insmod`` arguments (insmod, unlike modprobe, does not read them from the kernel command line).
 MODULE_ARGS: Final[Mapping[str, str]] = {"scsi_mod": "scan=sync"}
+#: Debian packages unpacked for the guest's SSH server: dropbear, and the libraries of its that a
+#: Debian host may not have installed (the rest, libc and friends, are copied from the host).
+SSHD_PACKAGES: Final[tuple[str, ...]] = ("dropbear-bin", "libtomcrypt1", "libtommath1")
+#: The SSH server, inside the unpacked ``dropbear-bin``.
+SSHD_PROGRAM: Final = "usr/sbin/dropbear"
+#: The host's dynamic loader: it lists dropbear's libraries, and the guest runs dropbear with it.
+DYNAMIC_LOADER: Final = Path("/lib64/ld-linux-x86-64.so.2")
+#: Where the guest keeps dropbear's libraries (on the loader's built-in search path, as on Debian).
+GUEST_LIB_DIR: Final = "lib/x86_64-linux-gnu"
+
+#: ``/etc/udhcpc.script``: busybox ``udhcpc`` runs it on each DHCP event; on a lease it sets the
+#: address, the default route and ``/etc/resolv.conf``, and notes ``<ip>/<prefix>`` in ``/run/net-<if>``.
+UDHCPC_SCRIPT: Final = r"""#!/bin/sh
+case "$1" in
+  deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    echo "$ip/$mask" > "/run/net-$interface"
+    ;;
+esac
+exit 0
+"""
+#: Small files of ``/etc`` (root's account, for dropbear).
+ETC_FILES: Final[Mapping[str, str]] = {
+    "passwd": "root:x:0:0:root:/root:/bin/sh\n",
+    "group": "root:x:0:\n",
+    "shells": "/bin/sh\n",
+}
 
 INIT_SCRIPT: Final = r"""#!/bin/busybox sh
 # /init of vmpod's tiny test guest (PID 1): see vmpod/guests/tiny.py for the lines it prints.
@@ -194,6 +246,13 @@ for n in /sys/class/net/*; do
   [ -e "$n" ] && echo "VMPOD-NIC ${n##*/} $(cat "$n/address")"
 done
 
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up
+  udhcpc -i eth0 -s /etc/udhcpc.script -t 3 -T 1 -A 1 -n -q >/dev/null 2>&1
+  echo "VMPOD-NET eth0 $(cat /run/net-eth0 2>/dev/null || echo none)"
+fi
+
 for t in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
   [ -f "$t" ] || continue
   tag=$(tr -d '\000' < "$t")
@@ -224,6 +283,21 @@ for e in /sys/class/input/event*; do
   ) &
 done
 [ $buttons -gt 0 ] || echo "VMPOD-WARN no ACPI power button"
+
+mkdir -p /www /root/.ssh /etc/dropbear /dev/pts
+mount -t devpts devpts /dev/pts
+echo "<html><body><h1>$(hostname)</h1><p>vmpod tiny guest</p></body></html>" > /www/index.html
+httpd -p 80 -h /www
+for f in /seed/meta-data /seed/openstack/latest/meta_data.json; do
+  [ -f "$f" ] && grep -oE '(ssh|ecdsa|sk)-[a-z0-9@.-]+ [A-Za-z0-9+/=]+' "$f"
+done | sort -u > /root/.ssh/authorized_keys
+chmod 700 /root /root/.ssh
+chmod 600 /root/.ssh/authorized_keys
+if /usr/sbin/dropbear -R -s -p 22 -P /run/dropbear.pid >/tmp/dropbear.log 2>&1; then
+  echo "VMPOD-SSH dropbear keys=$(wc -l < /root/.ssh/authorized_keys)"
+else
+  echo "VMPOD-WARN dropbear failed: $(cat /tmp/dropbear.log)"
+fi
 echo "VMPOD-READY"
 setsid cttyhack sh &
 while :; do
@@ -327,12 +401,18 @@ def module_load_order(module_dir: Path, wanted: Sequence[str]) -> list[Path]:
     return order
 
 
-def _initramfs(modules: Sequence[Path]) -> bytes:
-    entries = [CpioEntry(d, 0o40755) for d in ("bin", "dev", "lib", "lib/modules", "proc", "sys", "run",
-                                               "tmp", "mnt", "seed")]
+def _initramfs(modules: Sequence[Path], sshd: Mapping[str, Path]) -> bytes:
+    """The gzipped initramfs: busybox, ``/init``, ``/etc``, the modules and ``sshd`` (guest path: host file)."""
+    entries = [CpioEntry(d, 0o40755) for d in ("bin", "dev", "etc", "lib", "lib64", "lib/modules", "proc", "sys",
+                                               "run", "tmp", "mnt", "seed", "usr", "usr/sbin", "var", GUEST_LIB_DIR)]
+    entries.append(CpioEntry("root", 0o40700))
+    entries.append(CpioEntry("var/run", 0o120777, b"/run"))
     entries.append(CpioEntry("dev/console", 0o20600, rdev=(5, 1)))
     entries.append(CpioEntry("bin/busybox", 0o100755, BUSYBOX.read_bytes()))
     entries.append(CpioEntry("init", 0o100755, INIT_SCRIPT.encode()))
+    entries.append(CpioEntry("etc/udhcpc.script", 0o100755, UDHCPC_SCRIPT.encode()))
+    entries.extend(CpioEntry(f"etc/{name}", 0o100644, text.encode()) for name, text in ETC_FILES.items())
+    entries.extend(CpioEntry(path, 0o100755, source.read_bytes()) for path, source in sorted(sshd.items()))
     order_lines = []
     for path in modules:
         name = path.name.removesuffix(".ko")
@@ -356,6 +436,10 @@ def tiny_guest_key() -> str:
         "init": INIT_SCRIPT,
         "cmdline": KERNEL_CMDLINE,
         "disk_size": DISK_SIZE,
+        "udhcpc_script": UDHCPC_SCRIPT,
+        "etc": dict(sorted(ETC_FILES.items())),
+        "sshd_packages": list(SSHD_PACKAGES),
+        "dynamic_loader": file_digest(DYNAMIC_LOADER),
         "busybox": file_digest(BUSYBOX),
         "mbr": file_digest(MBR_BOOT_CODE),
         "extlinux": file_digest(EXTLINUX),
@@ -404,7 +488,11 @@ def _kernel_deb(deb_cache: Path) -> Path:
         match = re.search(r"Depends:\s*(linux-image-\S+)", depends)
     if match is None:
         raise GuestBuildError(f"apt-cache knows no kernel behind {KERNEL_PACKAGE}")
-    package = match.group(1)
+    return _download_deb(deb_cache, match.group(1))
+
+
+def _download_deb(deb_cache: Path, package: str) -> Path:
+    """``package``'s ``.deb`` in ``deb_cache``, fetched with ``apt-get download`` the first time."""
     deb_cache.mkdir(parents=True, exist_ok=True)
     found = sorted(deb_cache.glob(f"{package}_*.deb"))
     if found:
@@ -423,6 +511,30 @@ def _kernel_deb(deb_cache: Path) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _sshd_files(workdir: Path, deb_cache: Path) -> dict[str, Path]:
+    """dropbear and the shared objects it loads, as initramfs path -> host file.
+
+    The packages of :data:`SSHD_PACKAGES` are unpacked into ``workdir``; the host's dynamic
+    loader lists what dropbear needs (``--list``, as ``ldd`` does), searching the unpacked
+    libraries first.  Libraries go to :data:`GUEST_LIB_DIR`, the loader to
+    the path dropbear names as its interpreter.
+    """
+    unpacked = workdir / "sshd"
+    for package in SSHD_PACKAGES:
+        run(["dpkg-deb", "-x", str(_download_deb(deb_cache, package)), str(unpacked)])
+    program = unpacked / SSHD_PROGRAM
+    lib_dirs = sorted({str(p.parent) for p in unpacked.rglob("*.so*")})
+    listing = run([str(DYNAMIC_LOADER), "--library-path", ":".join(lib_dirs), "--list", str(program)])
+    files = {SSHD_PROGRAM: program, str(DYNAMIC_LOADER).lstrip("/"): DYNAMIC_LOADER}
+    for line in listing.splitlines():
+        match = re.match(r"\s*(\S+) => (/\S+) \(0x", line)
+        if match is not None:
+            files[f"{GUEST_LIB_DIR}/{match.group(1)}"] = Path(match.group(2)).resolve()
+        elif "not found" in line:
+            raise GuestBuildError(f"dropbear needs a library neither {SSHD_PACKAGES} nor the host has: {line.strip()}")
+    return files
+
+
 def _build(workdir: Path, deb_cache: Path) -> Path:
     deb = _kernel_deb(deb_cache)
     unpacked = workdir / "kernel"
@@ -436,7 +548,7 @@ def _build(workdir: Path, deb_cache: Path) -> Path:
     root = workdir / "root"
     (root / "boot").mkdir(parents=True)
     shutil.copyfile(kernels[0], root / "boot" / "vmlinuz")
-    (root / "boot" / "initrd.img").write_bytes(_initramfs(modules))
+    (root / "boot" / "initrd.img").write_bytes(_initramfs(modules, _sshd_files(workdir, deb_cache)))
     shutil.rmtree(unpacked)
     image = workdir / "tiny.qcow2"
     key = tiny_guest_key()
