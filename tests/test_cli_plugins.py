@@ -58,7 +58,7 @@ def test_table_lists_plugins_and_backend_capabilities() -> None:
     assert header.split()[:5] == ["BACKEND", "PLUGIN", "PRIORITY", "DEFAULT", "ACCEL"]
     fake = next(line for line in lines if line.startswith("fake "))
     assert fake.split()[:11] == ["fake", "fake", "-100", "no", "none", "scsi(26),virtio(21)", "9p,virtiofs",
-                                 "user,tap", "no", "yes", "yes"]
+                                 "user,tap,cni", "yes", "yes", "yes"]
     assert default.startswith("Default backend for new pods: ")
     assert fake.endswith("simulated hypervisor for tests: no guest runs, machines live in a JSON file")
 
@@ -78,8 +78,9 @@ def test_json_output() -> None:
     assert fake["error"] is None
     assert fake["capabilities"] == {
         "accelerator": "none", "disk_buses": ["scsi", "virtio"], "max_disks": {"scsi": 26, "virtio": 21},
-        "filesystems": ["9p", "virtiofs"], "network_modes": ["user", "tap"], "console": False,
-        "graceful_stop": True, "survives_restart": True, "notes": fake["capabilities"]["notes"]}
+        "filesystems": ["9p", "virtiofs"], "network_modes": ["user", "tap", "cni"], "console": True,
+        "graceful_stop": True, "survives_restart": True, "port_forward": True, "vnc": False,
+        "notes": fake["capabilities"]["notes"]}
     assert fake["capabilities"]["notes"].startswith("simulated: no guest runs")
 
 

@@ -66,7 +66,7 @@ class LogFollower:
     """``vmpod logs -f POD`` in the background; every line with the monotonic time it arrived."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.seen: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -89,6 +89,8 @@ class LogFollower:
             self.process.terminate()
         self.process.wait(timeout=10)
         self._reader.join(timeout=10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
         self.drain()
 
 

@@ -17,6 +17,7 @@ import pytest
 from vmpod_fake import FakeBackend, Faults
 
 from vmpod.backend import Backend, BackendConfig, MachineState
+from vmpod.consolemux import connect_unix
 from vmpod.errors import BackendError, ConflictError, InvalidTransition, NotFoundError, SpecError
 from vmpod.machine import MARKER_LABEL, Disk, DiskFormat, DiskRole, Machine
 from vmpod.plugins import get_plugin_manager
@@ -70,7 +71,7 @@ NO_FAULTS = {"fail_create": [], "fail_start": [], "hang_stop": [], "latency": 0.
 def test_files_are_under_the_backend_directory(state_dir: Path) -> None:
     backend = open_fake(state_dir)
     directory = state_dir / "backends" / "fake"
-    assert sorted(p.name for p in directory.iterdir()) == ["faults.json", "machines", "state.lock"]
+    assert sorted(p.name for p in directory.iterdir()) == ["consoles", "faults.json", "machines", "state.lock"]
     assert json.loads((directory / "faults.json").read_text()) == {"format": 2, "faults": NO_FAULTS}
     assert list((directory / "machines").iterdir()) == []
     backend.create(machine(state_dir))
@@ -79,7 +80,7 @@ def test_files_are_under_the_backend_directory(state_dir: Path) -> None:
     data = json.loads(stored.read_text())
     assert (data["format"], data["machine"]["name"], data["machine"]["state"]) == (2, "vm", "created")
     backend.destroy("vm")
-    assert sorted(p.name for p in directory.iterdir()) == ["faults.json", "machines", "state.lock"]
+    assert sorted(p.name for p in directory.iterdir()) == ["consoles", "faults.json", "machines", "state.lock"]
     assert list((directory / "machines").iterdir()) == []
 
 
@@ -265,9 +266,19 @@ def test_stats_and_console_need_a_running_machine(state_dir: Path) -> None:
     assert stats.memory_bytes == 64 << 20
     assert stats.cpu_time_ns > 0  # 1% of 50 ms is 0.5 ms
     assert backend.stats("vm").cpu_time_ns >= stats.cpu_time_ns
-    with pytest.raises(BackendError, match="no interactive console"):
+    assert backend.capabilities().console is True
+    endpoint = backend.console("vm")
+    assert endpoint.kind == "unix"
+    with connect_unix(endpoint.path, timeout=10) as first, connect_unix(endpoint.path, timeout=10) as second:
+        first.sendall(b"typed\n")
+        for client in (first, second):  # the echo reaches every attached client
+            received = b""
+            while not received.endswith(b"typed\n"):
+                received += client.recv(100)
+    backend.stop("vm", 1)
+    assert not Path(endpoint.path).exists()
+    with pytest.raises(InvalidTransition, match="not running"):
         backend.console("vm")
-    assert backend.capabilities().console is False
 
 
 def test_a_missing_disk_fails_the_start_like_qemu(state_dir: Path) -> None:

@@ -101,6 +101,10 @@ CASES: dict[str, tuple[Machine, str]] = {
     "port_forwards": (machine(nics=(Nic(mac="52:54:00:89:ab:cd", forwards=(
         PortForward(guest_port=22, host_port=2222), PortForward(guest_port=53, host_port=5353, protocol="udp"))),)),
         "tcg"),
+    # A persistent root (devicePath: /) on SCSI: a storage slice of the raw device after its header sector.
+    "persistent_root": (machine(disks=(
+        Disk(name="rootpv", path="/dev/loop3", format=DiskFormat.RAW, role=DiskRole.ROOT, block=True,
+             serial="vmpod-root", offset=512, size=(1 << 30) - 512), seed())), "tcg"),
     # No seed, no NIC, CPU shares only (no limit).
     "no_seed_no_nic": (machine(disks=(root(),), nics=(), cpu_tune=CPUTune(shares=1024)), "tcg"),
 }

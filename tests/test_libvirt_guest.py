@@ -28,6 +28,7 @@ from tests.support.qemu import (
     wait_for_line,
 )
 from vmpod.backend import BackendConfig, MachineState
+from vmpod.consolemux import connect_unix
 from vmpod.errors import NotFoundError
 from vmpod.guests.tiny import build_tiny_guest
 from vmpod.machine import DiskFormat, Filesystem
@@ -65,19 +66,12 @@ def follower_pid(runtime_dir: Path) -> int:
 
 @contextlib.contextmanager
 def console_typed(backend: LibvirtBackend, name: str, text: bytes) -> Iterator[None]:
-    """Type ``text`` on the machine's serial console (its pty) and stay attached meanwhile.
-
-    qemu notices a newly opened pty only at its next poll (about a second): closing at once
-    would hang up before it read what was typed.
-    """
+    """Type ``text`` on the machine's serial console (through its console monitor) and stay attached meanwhile."""
     endpoint = backend.console(name)
-    assert endpoint.kind == "pty"
-    fd = os.open(endpoint.path, os.O_RDWR | os.O_NOCTTY)
-    try:
-        os.write(fd, text)
+    assert endpoint.kind == "unix"
+    with connect_unix(endpoint.path, timeout=30) as console:
+        console.sendall(text)
         yield
-    finally:
-        os.close(fd)
 
 
 def test_tiny_guest_boots_logs_across_a_restart_and_stops_gracefully(tiny_image: Path, base: Path,

@@ -101,6 +101,10 @@ CASES = {
                                          CPUFeature("pcid", "optional")),
                                topology=CPUTopology(sockets=1, cores=2, threads=2)),
     ),
+    # A persistent root (devicePath: /) on a virtio bus: the raw device after its header sector.
+    "persistent_root": machine(disk_bus=DiskDriver.VIRTIO, disks=(
+        Disk(name="rootpv", path="/dev/loop3", format=DiskFormat.RAW, role=DiskRole.ROOT, block=True,
+             serial="vmpod_root", offset=512, size=(1 << 30) - 512), SEED)),
     # Commas in paths and names are doubled (qemu's escape); odd memory sizes round up to MiB.
     "escaped_values": machine(name="vm,odd", memory_bytes=300 * 1024 * 1024 + 1,
                               disks=(attrs.evolve(ROOT, path="/srv/a,b/root.qcow2", serial="s,1"),)),

@@ -345,7 +345,8 @@ def test_disk_order_and_limits(tmp_path: Path, image: Path) -> None:
     assert machine.disks[1].serial == "f00"
 
 
-def test_persistent_rootfs_is_refused() -> None:
+def test_persistent_rootfs_needs_a_block_device_volume() -> None:
+    """A root volume the handlers did not attach as a raw disk (tests/test_persistentroot.py has the rest)."""
     pod = _pod_from(BASE.format(annotations="", extra="""    volumeDevices:
     - {name: root, devicePath: /}
   volumes:
@@ -356,7 +357,7 @@ apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: rootclaim}
 spec: {volumeMode: Block, resources: {requests: {storage: 1Gi}}}"""))
-    with pytest.raises(SpecError, match="persistent root"):
+    with pytest.raises(SpecError, match=r"volumeDevices\[0\].name: a persistent root needs a raw block device volume"):
         _build(pod)
 
 

@@ -22,6 +22,14 @@ property-based state machine in :mod:`vmpod.testing.conformance`:
   (a vmpod restart): the new object reports it with the same status, and
   never restarts it.
 
+Optional (:class:`GuestAccess`, announced by :attr:`Capabilities.port_forward`
+and :attr:`Capabilities.vnc`): forwarding a loopback port of the host to a
+guest port of a *running* machine while it runs (``vmpod port-forward``,
+``vmpod ssh``), and telling where its VNC server listens.  Dynamic forwards
+live only as long as the machine's current run: a machine that stops (or is
+destroyed) loses them, so a forward whose client crashed is harmless (it listens
+on loopback only) and gone with the run.
+
 Errors:
 
 * :class:`~vmpod.errors.NotFoundError` for an unknown machine (every call but
@@ -44,14 +52,16 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from vmpod.machine import Machine
+from vmpod.machine import Machine, PortForward
 
 __all__ = [
+    "LOOPBACK",
     "TRANSITIONS",
     "Backend",
     "BackendConfig",
     "Capabilities",
     "ConsoleEndpoint",
+    "GuestAccess",
     "MachineInfo",
     "MachineState",
     "MachineStats",
@@ -128,7 +138,12 @@ class MachineStats:
 class ConsoleEndpoint:
     """Where the interactive serial console of a machine can be reached.
 
-    ``kind`` is ``unix`` (a stream socket at ``path``) or ``pty`` (a terminal device at ``path``).
+    ``kind`` is ``unix``: a stream socket at ``path`` served by the machine's console monitor
+    (:class:`vmpod.consolemux.ConsoleMux`), which any number of clients may connect to at once
+    (each gets the console's output from then on; what each writes goes to the console); a
+    ``path`` beyond the 107-byte unix socket limit is reached with
+    :func:`vmpod.consolemux.connect_unix`.  ``pty`` (a terminal device at ``path``, one client)
+    is for a backend that cannot multiplex; ``vmpod attach`` refuses it.
     """
 
     kind: str
@@ -137,7 +152,11 @@ class ConsoleEndpoint:
 
 @attrs.frozen
 class Capabilities:
-    """What a backend can do, shown by ``vmpod plugins`` and used by the runtime to refuse early."""
+    """What a backend can do, shown by ``vmpod plugins`` and used by the runtime to refuse early.
+
+    ``port_forward`` and ``vnc``: the backend implements :class:`GuestAccess` (dynamic port
+    forwards; a VNC server to report).
+    """
 
     accelerator: str = "none"
     disk_buses: tuple[str, ...] = ("scsi", "virtio")
@@ -147,6 +166,8 @@ class Capabilities:
     console: bool = True
     graceful_stop: bool = True
     survives_restart: bool = True
+    port_forward: bool = False
+    vnc: bool = False
     notes: str = ""
 
 
@@ -204,7 +225,11 @@ class Backend(Protocol):
         ...
 
     def console(self, name: str) -> ConsoleEndpoint:
-        """Where to reach the interactive serial console of a running machine.
+        """Where to reach the interactive serial console of a running machine (``vmpod attach``).
+
+        A ``unix`` endpoint takes several clients at once; its monitor runs as long as the
+        machine does, outliving the backend object (a monitor that died is started again by
+        the backend's next call for the machine).
 
         :raises InvalidTransition: the machine is not running.
         :raises BackendError: the backend has no console (:attr:`Capabilities.console` is false).
@@ -217,4 +242,38 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections; machines keep running."""
+        ...
+
+
+#: The only host address a forward may listen on: a forward never exposes a guest beyond the host.
+LOOPBACK = "127.0.0.1"
+
+
+@runtime_checkable
+class GuestAccess(Protocol):
+    """Reaching a running machine's guest from the host; optional (see :attr:`Capabilities.port_forward`).
+
+    Forwards are TCP (or UDP) from ``forward.host_address`` (always :data:`LOOPBACK`) port
+    ``forward.host_port`` to ``forward.guest_port`` of the guest's first user-mode NIC.  They are
+    not part of the :class:`~vmpod.machine.Machine` and not kept across runs.
+    """
+
+    def add_port_forward(self, name: str, forward: PortForward) -> None:
+        """Start forwarding ``forward`` on the running machine ``name``.
+
+        :raises InvalidTransition: the machine is not running.
+        :raises ConflictError: the host port is taken (by anything); the message names it.
+        :raises BackendError: the machine has no user-mode NIC, or the hypervisor refused.
+        """
+        ...
+
+    def remove_port_forward(self, name: str, forward: PortForward) -> None:
+        """Stop forwarding ``forward``; a forward that is not there (or a machine not running) is fine."""
+        ...
+
+    def vnc_address(self, name: str) -> tuple[str, int] | None:
+        """Where the running machine's VNC server listens (host, port), ``None`` without one.
+
+        :raises InvalidTransition: the machine is not running.
+        """
         ...

@@ -73,6 +73,9 @@ class Disk:
     :param block: True when ``path`` is a block device rather than a file.
     :param cdrom: attach as a CD-ROM (the seed).
     :param serial: the disk serial the guest sees (stable ``/dev/disk/by-id`` links).
+    :param offset: where the guest's disk starts in ``path``, in bytes (a persistent root device
+        keeps a header in its first sector, :mod:`vmpod.persistentroot`); a multiple of 512.
+    :param size: how many bytes from ``offset`` the guest sees (a multiple of 512); ``None``: to the end.
     """
 
     name: str
@@ -83,6 +86,8 @@ class Disk:
     block: bool = False
     cdrom: bool = False
     serial: str = ""
+    offset: int = 0
+    size: int | None = None
 
 
 @attrs.frozen

@@ -28,6 +28,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vmpod.cli.get",
     "vmpod.cli.describe",
     "vmpod.cli.logs",
+    "vmpod.cli.attach",
+    "vmpod.cli.port_forward",
+    "vmpod.cli.ssh",
+    "vmpod.cli.vnc",
     "vmpod.cli.delete",
     "vmpod.cli.plugins",
     "vmpod.cli.images",
@@ -49,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default=None, metavar="NAME",
                         help="hypervisor backend for new pods (env VMPOD_BACKEND; default: the highest-priority "
                              "installed backend, fake only when nothing else is installed)")
+    parser.add_argument("--network", default=None, metavar="MODE",
+                        help="network mode for new pods: user (default) or cni (env VMPOD_NETWORK; see "
+                             "docs/networking.md)")
+    parser.add_argument("--cni-conf-dir", default=None, metavar="DIR",
+                        help="CNI network configurations, cni mode (env VMPOD_CNI_CONF_DIR; default /etc/cni/net.d)")
+    parser.add_argument("--cni-bin-dir", default=None, metavar="DIRS",
+                        help="CNI plugin directories, ':'-separated, cni mode (env VMPOD_CNI_BIN_DIR; default "
+                             "/opt/cni/bin:/usr/lib/cni)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

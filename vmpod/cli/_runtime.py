@@ -36,21 +36,24 @@ def open_runtime(args: argparse.Namespace, *, write: bool = True) -> Runtime | N
     read-only runtime is used when another process holds the lock (and None is returned
     when there is no store at all yet: nothing to show).
     """
+    from vmpod.network import NetworkOptions  # noqa: PLC0415
     from vmpod.runtime import Runtime  # noqa: PLC0415
     from vmpod.runtime.store import StoreError  # noqa: PLC0415
 
     directory = state_dir(args)
+    network = NetworkOptions.resolve(getattr(args, "network", None), getattr(args, "cni_conf_dir", None),
+                                     getattr(args, "cni_bin_dir", None))
     try:
         if write:
-            runtime = Runtime.open(directory, backend=args.backend)
+            runtime = Runtime.open(directory, backend=args.backend, network=network)
         else:
             if not (directory / "vmpod.db").exists():
                 return None
             try:
-                runtime = Runtime.open(directory, backend=args.backend, lock_timeout=1.0)
+                runtime = Runtime.open(directory, backend=args.backend, lock_timeout=1.0, network=network)
             except ConflictError:
                 log.info("another vmpod process is changing %s: showing what the store says", directory)
-                runtime = Runtime.open(directory, backend=args.backend, readonly=True)
+                runtime = Runtime.open(directory, backend=args.backend, readonly=True, network=network)
     except StoreError:
         raise
     except OSError as exc:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from vmpod.cli._runtime import add_namespace, age, open_runtime, phase
 from vmpod.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from vmpod.runtime import PodRecord, Runtime
 
 __all__ = ["register"]
 
@@ -27,6 +31,31 @@ def _map(values: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(values.items())) or "<none>"
 
 
+def _probe_lines(runtime: Runtime, record: PodRecord) -> list[str]:
+    """kubectl's ``Liveness:``/``Readiness:`` lines, each followed by its last result."""
+    status = runtime.probe_status(record)
+    if status is None:
+        return []
+    lines: list[str] = []
+    for label, view in (("Liveness", status.liveness), ("Readiness", status.readiness)):
+        if view is None:
+            continue
+        lines.append(_line(label, view.summary, 2))
+        state = view.state
+        if not view.supported:
+            result = "unsupported: exec probes need a guest agent" + (
+                " (never ready)" if label == "Readiness" else " (ignored)")
+        elif state is None or state.probes == 0:
+            result = "not probed yet"
+        else:
+            result = (f"{state.result} (last: {state.last} {age(state.last_probe_at)} ago, {state.run} in a row, "
+                      f"{state.probes} probes)" + (f": {state.last_message}" if state.last_message else ""))
+            if state.on_hold:
+                result += "; restarting"
+        lines.append(_line("  Result", result, 2))
+    return lines
+
+
 def _describe(args: argparse.Namespace) -> int:
     from vmpod.runtime.logs import timestamp  # noqa: PLC0415
 
@@ -39,7 +68,7 @@ def _describe(args: argparse.Namespace) -> int:
             _line("Name", record.name), _line("Namespace", record.namespace), _line("UID", record.uid),
             _line("Labels", _map(dict(record.labels))), _line("Backend", record.backend),
             _line("Created", timestamp(record.created_at)), _line("Status", phase(record)),
-            _line("Sandbox", record.state.name),
+            _line("Sandbox", record.state.name), _line("IP", record.pod_ip or "<none>"),
         ]
         if record.operation:
             lines.append(_line("Unfinished", record.operation))
@@ -61,7 +90,10 @@ def _describe(args: argparse.Namespace) -> int:
                 lines += [_line("Reason", container.reason, 2), _line("Exit Code", container.exit_code, 2)]
             if container.message:
                 lines.append(_line("Message", container.message, 2))
-            lines += [_line("Restart Count", container.restart_count, 2), _line("Log", record.log_path, 2)]
+            lines += [_line("Ready", "True" if runtime.ready(record) else "False", 2),
+                      _line("Restart Count", container.restart_count, 2)]
+            lines += _probe_lines(runtime, record)
+            lines.append(_line("Log", record.log_path, 2))
         machine = runtime.machine(record)
         lines.append("Machine:")
         if machine is None:
@@ -84,11 +116,18 @@ def _describe(args: argparse.Namespace) -> int:
             for nic in machine.nics:
                 lines.append(f"  NIC:    {nic.mac} {nic.mode}")
         lines.append("Events:")
-        events = runtime.events(record)
+        events = [(e.timestamp, e.type, e.reason, age(e.timestamp), e.message) for e in runtime.events(record)]
+        status = runtime.probe_status(record)
+        if status is not None:  # the prober's events (it never writes the store but through the runtime)
+            events += [(e.last, e.type, e.reason,
+                        age(e.last) if e.count == 1 else f"{age(e.last)} (x{e.count} over {age(e.first)})",
+                        e.message) for e in status.events]
         if not events:
             lines.append("  <none>")
         else:
-            lines.append(f"  {'Type':<9}{'Reason':<16}{'Age':<7}Message")
-            lines += [f"  {e.type:<9}{e.reason:<16}{age(e.timestamp):<7}{e.message}" for e in events]
+            events.sort(key=lambda e: e[0])
+            width = max(7, *(len(e[3]) + 2 for e in events))
+            lines.append(f"  {'Type':<9}{'Reason':<17}{'Age':<{width}}Message")
+            lines += [f"  {kind:<9}{reason:<17}{when:<{width}}{message}" for _, kind, reason, when, message in events]
         print("\n".join(lines))
     return 0

@@ -14,7 +14,7 @@ from vmpod.errors import NotFoundError
 if TYPE_CHECKING:
     from vmpod.runtime import PodRecord, Runtime
 
-__all__ = ["pod_object", "register"]
+__all__ = ["pod_object", "probe_object", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,18 +34,52 @@ def _ts(ns: int) -> str | None:
     return timestamp(ns) if ns else None
 
 
+def probe_object(runtime: Runtime, record: PodRecord) -> dict[str, Any] | None:
+    """The pod's probes and their last results (``vmpod.probes`` of ``-o json``); None without probes."""
+    status = runtime.probe_status(record)
+    if status is None:
+        return None
+    result: dict[str, Any] = {"run": {"startedAt": _ts(status.started_at)}, "updatedAt": _ts(status.updated_at)}
+    if status.restart_pending:
+        result["restartPending"] = True
+    for kind, view in (("readiness", status.readiness), ("liveness", status.liveness)):
+        if view is None:
+            continue
+        entry: dict[str, Any] = {"probe": view.summary, "supported": view.supported}
+        state = view.state
+        if state is not None:
+            entry.update(result=str(state.result), lastResult=state.last or None, lastMessage=state.last_message,
+                         lastProbeTime=_ts(state.last_probe_at), lastTransitionTime=_ts(state.last_transition_at),
+                         consecutive=state.run, probes=state.probes, onHold=state.on_hold)
+        elif not view.supported:
+            entry["result"] = "unsupported"
+        result[kind] = entry
+    result["events"] = [{"type": e.type, "reason": e.reason, "message": e.message, "count": e.count,
+                         "firstTimestamp": _ts(e.first), "lastTimestamp": _ts(e.last)} for e in status.events]
+    return result
+
+
 def pod_object(runtime: Runtime, record: PodRecord) -> dict[str, Any]:
     """The pod as a Kubernetes-style object (``-o json``/``yaml``), with vmpod's own details under ``vmpod``."""
     from vmpod.runtime.states import ContainerState  # noqa: PLC0415
 
     container = record.container
     status: dict[str, Any] = {"phase": phase(record)}
+    if record.pod_ip:
+        status["podIP"] = record.pod_ip
+        status["podIPs"] = [{"ip": record.pod_ip}]
     vmpod: dict[str, Any] = {"backend": record.backend, "machine": record.machine_name,
                              "sandbox": {"state": record.state.name, "createdAt": record.created_at},
                              "logPath": record.log_path}
     if record.operation:
         vmpod["operation"] = record.operation
+    probes = probe_object(runtime, record)
+    if probes is not None:
+        vmpod["probes"] = probes
     if container is not None:
+        ready = runtime.ready(record)
+        status["conditions"] = [{"type": kind, "status": "True" if ready else "False"}
+                                for kind in ("Ready", "ContainersReady")]
         state: dict[str, Any]
         if container.state is ContainerState.RUNNING:
             state = {"running": {"startedAt": _ts(container.started_at)}}
@@ -57,7 +91,7 @@ def pod_object(runtime: Runtime, record: PodRecord) -> dict[str, Any]:
             state = {"waiting": {"reason": phase(record)}}
         status["containerStatuses"] = [{
             "name": container.name, "containerID": f"vmpod://{container.id}", "image": container.image,
-            "imageID": container.image_ref, "ready": container.state is ContainerState.RUNNING,
+            "imageID": container.image_ref, "ready": ready,
             "restartCount": container.restart_count, "state": state}]
         vmpod["container"] = {"id": container.id, "state": container.state.name, "createdAt": container.created_at,
                               "startedAt": container.started_at, "finishedAt": container.finished_at,
@@ -93,8 +127,6 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 def _get(args: argparse.Namespace) -> int:
     import yaml  # noqa: PLC0415
 
-    from vmpod.runtime.states import ContainerState  # noqa: PLC0415
-
     runtime = open_runtime(args, write=False)
     if runtime is None:
         if args.names:
@@ -128,13 +160,13 @@ def _get(args: argparse.Namespace) -> int:
         rows = [header]
         for pod in pods:
             container = pod.container
-            ready = "1/1" if container is not None and container.state is ContainerState.RUNNING else "0/1"
+            ready = "1/1" if runtime.ready(pod) else "0/1"
             row = [pod.name, ready, phase(pod), str(container.restart_count if container else 0),
                    age(pod.created_at)]
             if args.all_namespaces:
                 row.insert(0, pod.namespace)
             if args.output == "wide":
-                row += ["<none>", pod.backend, pod.machine_name]
+                row += [pod.pod_ip or "<none>", pod.backend, pod.machine_name]
             rows.append(row)
         print(_table(rows))
         if args.output == "wide":

@@ -26,8 +26,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="wait until every pod is Running")
+    parser.add_argument("--wait-ready", action="store_true",
+                        help="wait until every pod is Ready (running, and its readiness probe succeeded)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
-                        help="how long --wait waits (default 300)")
+                        help="how long --wait and --wait-ready wait (default 300)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -46,12 +48,16 @@ def _run(args: argparse.Namespace) -> int:
             before = runtime.find(pod.uid)
             runtime.run_pod(pod)
             print(f"pod/{pod.name} {'unchanged' if before and before.container else 'created'}", flush=True)
-    if args.wait:
+    if args.wait or args.wait_ready:
         # Wait without the writer lock, so that other vmpod commands can run meanwhile.
         from vmpod.runtime import Runtime  # noqa: PLC0415
 
         with Runtime.open(state_dir(args), backend=args.backend, readonly=True) as watcher:
             for pod in result.pods:
-                watcher.wait_running(pod.uid, args.timeout)
-                print(f"pod/{pod.name} running")
+                if args.wait_ready:
+                    watcher.wait_ready(pod.uid, args.timeout)
+                    print(f"pod/{pod.name} ready")
+                else:
+                    watcher.wait_running(pod.uid, args.timeout)
+                    print(f"pod/{pod.name} running")
     return 0

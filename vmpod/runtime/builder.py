@@ -14,7 +14,11 @@ Naming and sizing follow Virtlet (its section 0, 1.4, 1.5):
   26 on the scsi bus and 21 on virtio (or what the backend declares), else
   :class:`~vmpod.errors.SpecError`;
 * one 9p share per directory ``volumeMounts`` entry, tagged as the disk map
-  says (``subPath`` shares that subdirectory of the volume).
+  says (``subPath`` shares that subdirectory of the volume);
+* a persistent root (a ``volumeDevices`` entry with ``devicePath: /``): the
+  volume's raw block device is the root disk, seen from its second sector on
+  (:mod:`vmpod.persistentroot` keeps the header in the first), instead of a
+  qcow2 overlay.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from vmpod.machine import (
     PortForward,
 )
 from vmpod.model import VMPod
+from vmpod.persistentroot import RootPlan
 
 __all__ = [
     "CONTAINER_LABEL",
@@ -55,6 +60,7 @@ __all__ = [
     "machine_labels",
     "machine_name",
     "machine_uuid",
+    "persistent_root_device",
     "root_disk_size",
 ]
 
@@ -123,18 +129,57 @@ def _mac(machine_id: uuid.UUID) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
-def _check_devices(pod: VMPod) -> None:
-    for index, device in enumerate(pod.container.volume_devices):
-        if device.device_path == _ROOT_DEVICE:
-            raise SpecError(f"spec.containers[0].volumeDevices[{index}].devicePath",
-                            "a persistent root filesystem on a block volume is not supported yet", value="/",
-                            accepted="a device path other than /")
+def persistent_root_device(pod: VMPod) -> tuple[int, str] | None:
+    """``(index, volume name)`` of the ``volumeDevices`` entry with ``devicePath: /``, if any.
+
+    :raises SpecError: for two such entries, or a root volume also given another device path.
+    """
+    devices = pod.container.volume_devices
+    roots = [(index, device.name) for index, device in enumerate(devices) if device.device_path == _ROOT_DEVICE]
+    if not roots:
+        return None
+    if len(roots) > 1:
+        index = roots[1][0]
+        raise SpecError(f"spec.containers[0].volumeDevices[{index}].devicePath", "a second persistent root device",
+                        value="/", accepted="one volumeDevices entry with devicePath /")
+    index, name = roots[0]
+    for other, device in enumerate(devices):
+        if device.name == name and other != index:
+            raise SpecError(f"spec.containers[0].volumeDevices[{other}].name", "the persistent root volume cannot "
+                            "also be another device of the guest", value=name,
+                            accepted="the root volume in one volumeDevices entry (devicePath /)")
+    return index, name
+
+
+def _persistent_root_disk(pod: VMPod, attachments: Mapping[str, VolumeAttachment],
+                          plan: RootPlan | None) -> Disk | None:
+    found = persistent_root_device(pod)
+    if found is None:
+        return None
+    index, name = found
+    where = f"spec.containers[0].volumeDevices[{index}]"
+    attachment = attachments.get(name)
+    if attachment is None or len(attachment.disks) != 1 or attachment.filesystems:
+        raise SpecError(f"{where}.name", "a persistent root needs a raw block device volume", value=name,
+                        accepted="a PersistentVolumeClaim with volumeMode: Block (or a hostPath device)")
+    volume_disk = attachment.disks[0]
+    if volume_disk.format is not DiskFormat.RAW:
+        raise SpecError(f"{where}.name", "a persistent root needs a raw block device volume", value=name,
+                        accepted="a PersistentVolumeClaim with volumeMode: Block (or a hostPath device)")
+    if volume_disk.read_only:
+        raise SpecError(f"{where}.name", "the persistent root volume is read-only", value=name,
+                        accepted="a writable volume (no readOnly)")
+    if plan is None or plan.volume != name:
+        raise ValueError(f"build_machine: no persistent root plan for volume {name!r}")
+    return Disk(name=name, path=plan.device, format=DiskFormat.RAW, role=DiskRole.ROOT, block=plan.block,
+                serial=ROOT_SERIAL, offset=plan.offset, size=plan.size)
 
 
 def _volume_disks(pod: VMPod, disk_map: DiskMap, attachments: Mapping[str, VolumeAttachment]) -> list[Disk]:
     """Volume disks in the disk map's order (Virtlet's), each with the serial the guest finds it by."""
     disks: list[Disk] = []
-    placed: set[str] = set()
+    root = persistent_root_device(pod)
+    placed: set[str] = {root[1]} if root is not None else set()
     for guest in disk_map.disks:
         attachment = attachments.get(guest.volume)
         if attachment is None:
@@ -173,18 +218,27 @@ def build_machine(
     runtime_dir: Path,
     store_id: str,
     capabilities: Capabilities,
+    loopback_forwards: tuple[PortForward, ...] = (),
+    nic: Nic | None = None,
+    persistent_root: RootPlan | None = None,
 ) -> Machine:
     """The machine for ``pod`` (pure: touches no file).
 
     :param attachments: what each volume (by name) became, from the volume handlers.
+    :param loopback_forwards: forwards from loopback ports vmpod chose (probe ports, containerPorts
+        without a hostPort: :func:`vmpod.runtime.endpoints.loopback_forwards`), after the hostPort ones.
+    :param nic: the VM's NIC when the runtime made its network (``cni`` mode: a tap in the pod's
+        network namespace, see :mod:`vmpod.network`); default a user-mode NIC with the port forwards.
+    :param persistent_root: for a pod with a persistent root (:func:`persistent_root_device`), what
+        :func:`vmpod.persistentroot.plan_root` found on its device; ``root_disk`` is then unused.
     :raises SpecError: for more disks than the bus allows, 9p volumes on a backend without 9p,
-        or a persistent root volume.
+        or a persistent root volume that is not a writable raw block device.
     """
-    _check_devices(pod)
     bus = pod.vm.disk_driver
     disk_map = default_disk_map(pod)
-    disks = [Disk(name="root", path=str(root_disk), format=DiskFormat.QCOW2, role=DiskRole.ROOT,
-                  serial=ROOT_SERIAL)]
+    root = _persistent_root_disk(pod, attachments, persistent_root)
+    disks = [root or Disk(name="root", path=str(root_disk), format=DiskFormat.QCOW2, role=DiskRole.ROOT,
+                          serial=ROOT_SERIAL)]
     disks.extend(_volume_disks(pod, disk_map, attachments))
     if seed is not None:
         disks.append(Disk(name="seed", path=str(seed), format=DiskFormat.RAW, role=DiskRole.SEED, read_only=True,
@@ -204,7 +258,7 @@ def build_machine(
                             value=fs.tag, accepted=f"shared filesystems: {supported}")
     machine_id = machine_uuid(pod)
     forwards = tuple(PortForward(guest_port=p.container_port, host_port=p.host_port, protocol=p.protocol.lower())
-                     for p in pod.container.ports if p.host_port)
+                     for p in pod.container.ports if p.host_port) + loopback_forwards
     return Machine(
         name=machine_name(pod),
         uuid=machine_id,
@@ -216,7 +270,7 @@ def build_machine(
         runtime_dir=str(runtime_dir),
         labels=machine_labels(pod, store_id),
         filesystems=tuple(filesystems),
-        nics=(Nic(mac=_mac(machine_id), mode=NetworkMode.USER, forwards=forwards),),
+        nics=(nic or Nic(mac=_mac(machine_id), mode=NetworkMode.USER, forwards=forwards),),
         cpu_model=pod.vm.cpu_model,
         libvirt_cpu=pod.vm.libvirt_cpu_setting,
         cpu_tune=_cpu_tune(pod),

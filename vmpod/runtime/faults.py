@@ -29,6 +29,7 @@ POINTS: tuple[str, ...] = (
     "create.workdir",           # pod directories made
     "create.rootdisk",          # root overlay written
     "create.volumes",           # every volume handler attached
+    "create.network",           # the pod's network attached (cni mode: namespace, CNI ADD, tap; result recorded)
     "create.seed",              # seed ISO written
     "create.machine.before",    # just before the backend creates the machine
     "create.machine.after",     # the backend has created it, the outcome is not recorded
@@ -45,6 +46,7 @@ POINTS: tuple[str, ...] = (
     "delete.stopped",           # the machine is stopped
     "delete.destroyed",         # the machine is destroyed
     "delete.volumes",           # volumes detached
+    "delete.network",           # the pod's network detached (cni mode: CNI DEL, namespace removed)
     "delete.files",             # files removed, rows not yet
     "delete.outcome",           # the pod's rows are gone
 )

@@ -12,6 +12,7 @@
         seed.iso                              the cloud-init seed
         volumes/<volume>/                     files volume handlers create
         run/                                  the backend's per-machine files (pidfile, sockets)
+        probes/                               probe status and the pod's prober (vmpod.probing), with probes only
       logs/<namespace>_<name>_<uid>_<container>.log   console log, CRI format
       backends/<name>/                        each backend's own files (never touched by the runtime)
 

@@ -8,12 +8,14 @@ is itself reconciled next time):
 
    * ``create``: undone: the machine is destroyed (it never ran: starting is
      a separate step recorded after ``create`` finishes), volume handlers
-     detach, every recorded artefact is removed.  The sandbox stays; the
+     detach, the CNI network (if one was recorded) is detached (``DEL``, the
+     namespace removed), every recorded artefact is removed.  The sandbox stays; the
      client's retry creates the container again.  Should the backend report
      the machine *running* (started by hand), it is left alone and reported.
    * ``stop``: dropped; the container's state is read back in step 2.
    * ``delete``: finished (without the grace period: the machine is
-     destroyed), so a delete the user asked for always completes.
+     destroyed, the CNI network detached), so a delete the user asked for
+     always completes.
 
 2. **Containers**: each container's state is compared with the backend's
    ``list()`` and updated when it changed (a guest that powered off while

@@ -71,6 +71,8 @@ class PodRecord:
     log_path: str
     container: ContainerRecord | None = None
     operation: str = ""
+    pod_ip: str = ""
+    """The address the pod's VM owns on its CNI network (``""`` in ``user`` network mode)."""
 
     @property
     def full_name(self) -> str:

@@ -22,16 +22,17 @@ import contextlib
 import fcntl
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmpod import convert, qcow2
-from vmpod.backend import Backend, BackendConfig, Capabilities, MachineStatus
+from vmpod.backend import Backend, BackendConfig, Capabilities, ConsoleEndpoint, MachineState, MachineStatus
 from vmpod.errors import (
     BackendError,
     ConflictError,
@@ -42,14 +43,17 @@ from vmpod.errors import (
 )
 from vmpod.hookspecs import PodEvent, VolumeAttachment, VolumeContext, VolumeHandlerSpec
 from vmpod.machine import Machine
-from vmpod.model import VMPod
+from vmpod.model import ExecAction, VMPod
+from vmpod.network import NetworkOptions
 from vmpod.plugins import PluginManager, get_plugin_manager
 from vmpod.runtime import faults
-from vmpod.runtime.builder import build_machine, machine_name, root_disk_size
+from vmpod.runtime.builder import build_machine, machine_name, persistent_root_device, root_disk_size
+from vmpod.runtime.endpoints import loopback_forwards
 from vmpod.runtime.files import remove_path, sync_filesystem
 from vmpod.runtime.imagestore import ImageStore
 from vmpod.runtime.layout import Layout, default_state_dir
 from vmpod.runtime.locks import KeyedLocks
+from vmpod.runtime.network import attach_network, detach_network, plan_network
 from vmpod.runtime.reconcile import ReconcileReport, reconcile
 from vmpod.runtime.records import (
     ArtefactKind,
@@ -58,10 +62,14 @@ from vmpod.runtime.records import (
     OperationKind,
     PodRecord,
 )
+from vmpod.runtime.rootdisk import plan_pod_root, write_pod_root
 from vmpod.runtime.seed import write_seed
 from vmpod.runtime.selectors import parse_selector
 from vmpod.runtime.states import ContainerState, SandboxState, container_state, exit_reason
 from vmpod.runtime.store import Store, Transaction
+
+if TYPE_CHECKING:
+    from vmpod.probing.status import ProbeStatus
 
 __all__ = ["BACKEND_ENV", "Runtime", "choose_backend"]
 
@@ -134,8 +142,10 @@ class Runtime:
     """
 
     def __init__(self, layout: Layout, store: Store, plugins: PluginManager, *, backend: str, backend_reason: str,
-                 backend_options: Mapping[str, str], lock: _WriterLock | None) -> None:
+                 backend_options: Mapping[str, str], lock: _WriterLock | None,
+                 network: NetworkOptions | None = None) -> None:
         self.layout = layout
+        self.network = network or NetworkOptions.resolve()
         self.store = store
         self.plugins = plugins
         self.backend_name = backend
@@ -157,7 +167,8 @@ class Runtime:
     @classmethod
     def open(cls, state_dir: str | Path | None = None, *, backend: str | None = None,
              backend_options: Mapping[str, str] | None = None, plugin_manager: PluginManager | None = None,
-             readonly: bool = False, lock_timeout: float = 30.0, reconcile: bool = True) -> Runtime:
+             readonly: bool = False, lock_timeout: float = 30.0, reconcile: bool = True,
+             network: NetworkOptions | None = None) -> Runtime:
         """Open the runtime on ``state_dir`` (default: :func:`~vmpod.runtime.layout.default_state_dir`).
 
         A writable runtime takes the state directory's writer lock (waiting up to
@@ -167,6 +178,8 @@ class Runtime:
 
         :param backend: the backend for new pods (see :func:`choose_backend`).
         :param backend_options: options passed to that backend's factory.
+        :param network: the network mode for new pods and the CNI directories (default
+            :meth:`NetworkOptions.resolve`: ``$VMPOD_NETWORK``..., else ``user``); see ``docs/networking.md``.
         :raises ConflictError: when another process holds the writer lock.
         """
         layout = Layout(state_dir if state_dir is not None else default_state_dir())
@@ -186,7 +199,7 @@ class Runtime:
                 lock.release()
             raise
         runtime = cls(layout, store, plugins, backend=name, backend_reason=why, backend_options=backend_options or {},
-                      lock=lock)
+                      lock=lock, network=network)
         if reconcile and not readonly:
             try:
                 runtime.reconcile()
@@ -216,6 +229,9 @@ class Runtime:
     def reconcile(self) -> ReconcileReport:
         """Bring the store and the backends into agreement (see :mod:`vmpod.runtime.reconcile`)."""
         self.last_reconcile = reconcile(self)
+        for record in self.store.pods():  # probers that died (or a liveness restart a crash interrupted)
+            if record.container is not None and record.operation == "":
+                self._ensure_prober(record)
         return self.last_reconcile
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -322,11 +338,75 @@ class Runtime:
         log_file = Path(record.log_path)
         planned = [(ArtefactKind.DIR, str(work)), (ArtefactKind.FILE, str(root)), (ArtefactKind.FILE, str(seed)),
                    (ArtefactKind.TREE, str(run))]
+        if persistent_root_device(pod) is not None:  # the root is the volume's device: no overlay
+            planned.remove((ArtefactKind.FILE, str(root)))
         if pod.volumes:
             planned.append((ArtefactKind.DIR, str(work / "volumes")))
             planned += [(ArtefactKind.TREE, str(work / "volumes" / v.name)) for v in pod.volumes]
+        if pod.container.readiness_probe is not None or pod.container.liveness_probe is not None:
+            planned.append((ArtefactKind.TREE, str(self.probes_dir(pod.uid))))
         planned.append((ArtefactKind.LOG, str(log_file)))
         return planned
+
+    # ---- probes (vmpod.probing) ------------------------------------------------------------
+
+    def probes_dir(self, uid: str) -> Path:
+        """``pods/<uid>/probes``: the probe status and the prober's files (see :mod:`vmpod.probing.process`)."""
+        from vmpod.probing.process import PROBES_DIR  # noqa: PLC0415
+
+        return self.layout.pod_dir(uid) / PROBES_DIR
+
+    def probe_status(self, record: PodRecord) -> ProbeStatus | None:
+        """The pod's :class:`~vmpod.probing.status.ProbeStatus` (None: the pod has no probes)."""
+        from vmpod.probing.status import STATUS_FILE, read_status  # noqa: PLC0415
+
+        return read_status(self.probes_dir(record.uid) / STATUS_FILE)
+
+    def ready(self, record: PodRecord) -> bool:
+        """Kubernetes' container ``ready``: running, and its readiness probe (if any) succeeded in this run."""
+        from vmpod.probing.status import is_ready  # noqa: PLC0415
+
+        container = record.container
+        if container is None:
+            return False
+        return is_ready(self.probe_status(record), running=container.state is ContainerState.RUNNING,
+                        started_at=container.started_at)
+
+    def _ensure_prober(self, record: PodRecord) -> None:
+        """Start the pod's prober when it has runnable probes and its container runs (or a restart is pending)."""
+        from vmpod.probing.process import needs_prober, start_prober  # noqa: PLC0415
+
+        directory = self.probes_dir(record.uid)
+        if not directory.is_dir() or not needs_prober(self.pod_spec(record)):
+            return
+        container = record.container
+        status = self.probe_status(record)
+        running = container is not None and container.state is ContainerState.RUNNING
+        if running or (status is not None and status.restart_pending):
+            try:
+                start_prober(self.layout.root, record.uid, directory)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("pod %s: cannot start its prober: %s", record.full_name, exc)
+
+    def _write_probe_status(self, pod: VMPod) -> builtins.list[EventRecord]:
+        """The first probe status of a new container (readiness not ready); events for exec probes."""
+        from vmpod.probing.checks import EXEC_UNSUPPORTED  # noqa: PLC0415
+        from vmpod.probing.status import STATUS_FILE, initial_status, write_status  # noqa: PLC0415
+
+        container = pod.container
+        if container.readiness_probe is None and container.liveness_probe is None:
+            return []
+        directory = self.probes_dir(pod.uid)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_status(directory / STATUS_FILE, initial_status(pod))
+        messages = []
+        if container.readiness_probe is not None and isinstance(container.readiness_probe.handler, ExecAction):
+            messages.append(f"Readiness probe is exec ({EXEC_UNSUPPORTED}): the pod never becomes ready; "
+                            "use a tcpSocket or httpGet probe")
+        if container.liveness_probe is not None and isinstance(container.liveness_probe.handler, ExecAction):
+            messages.append(f"Liveness probe is exec ({EXEC_UNSUPPORTED}): it is ignored")
+        return [EventRecord(pod.uid, pod.namespace, pod.name, "Warning", "ProbeUnsupported", m, _now())
+                for m in messages]
 
     # ---- queries -----------------------------------------------------------------------------
 
@@ -372,6 +452,26 @@ class Runtime:
             if update:
                 return attrs.evolve(record, container=attrs.evolve(container, **update))
             return record
+
+    def attach_endpoint(self, uid: str) -> ConsoleEndpoint:
+        """Where to attach to the serial console of pod ``uid``'s running VM (``vmpod attach``).
+
+        Any number of clients may attach at once (the backend's console monitor multiplexes them).
+
+        :raises NotFoundError: no such pod.
+        :raises InvalidTransition: the pod has no VM yet, or its VM is not running.
+        :raises BackendError: the backend has no interactive console.
+        """
+        record = self._require(uid)
+        if record.container is None:
+            raise InvalidTransition(f'pod "{record.full_name}" has no VM yet')
+        if not self.capabilities(record.backend).console:
+            raise BackendError(f'the {record.backend} backend of pod "{record.full_name}" has no interactive console')
+        backend = self.backend(record.backend)
+        state = backend.status(record.machine_name).state
+        if state is not MachineState.RUNNING:
+            raise InvalidTransition(f'the VM of pod "{record.full_name}" is {state}, not running')
+        return backend.console(record.machine_name)
 
     @staticmethod
     def _state_update(container: ContainerRecord, status: MachineStatus | None) -> dict[str, Any]:
@@ -469,32 +569,44 @@ class Runtime:
         work, root, seed, run, _ = self._paths(pod)
         log_file = Path(record.log_path)
         contexts = self._contexts(pod, work)
-        with self.store.transaction(durable=False) as tx:
+        forwards = loopback_forwards(pod)  # before the intent: a bad probe port name leaves nothing
+        network = plan_network(self, record)  # before the intent too: refused network mode, bad CNI config
+        # A CNI attachment holds an address outside the state directory: its intent must survive a power cut.
+        with self.store.transaction(durable=network is not None) as tx:
             tx.begin(record.uid, OperationKind.CREATE, "files")
             tx.add_artefacts(record.uid, self._planned_artefacts(pod, record))
+            if network is not None:
+                tx.put_network(network)
         faults.point("create.intent")
         try:
             for directory in (work, run, log_file.parent):
                 directory.mkdir(parents=True, exist_ok=True)
             os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644))
+            probe_events = self._write_probe_status(pod)
             faults.point("create.workdir")
-            qcow2.write_overlay(root, Path(image.path), image.format, root_disk_size(pod, image.virtual_size),
-                                sync=False)
+            if persistent_root_device(pod) is None:
+                qcow2.write_overlay(root, Path(image.path), image.format, root_disk_size(pod, image.virtual_size),
+                                    sync=False)
             faults.point("create.rootdisk")
             attachments: dict[str, VolumeAttachment] = {}
             for spec, context in contexts:
                 attachments[context.volume.name] = spec.handler.attach(context)
             faults.point("create.volumes")
+            root_plan = plan_pod_root(pod, attachments, image_digest=image.digest, virtual_size=image.virtual_size)
+            nic, description = attach_network(self, network) if network is not None else (None, None)
+            faults.point("create.network")
             machine = build_machine(pod, root_disk=root, seed=seed, attachments=attachments, serial_log=log_file,
-                                    runtime_dir=run, store_id=self.store.store_id, capabilities=capabilities)
+                                    runtime_dir=run, store_id=self.store.store_id, capabilities=capabilities,
+                                    loopback_forwards=forwards, nic=nic, persistent_root=root_plan)
             machine = self.plugins.adjust_machine(pod, machine)
             self._prepare_shares(machine, work)
-            write_seed(pod, seed, self.plugins)
+            write_seed(pod, seed, self.plugins, description)
             sync_filesystem(work)
             faults.point("create.seed")
             faults.point("create.machine.before")
             status = backend.create(machine)
             faults.point("create.machine.after")
+            root_message = write_pod_root(root_plan, Path(image.path), image.format)  # after the backend's checks
         except Exception as exc:
             self._undo_create(record, reason=exc)
             raise
@@ -505,6 +617,9 @@ class Runtime:
             tx.insert_container(container, convert.to_json(machine, indent=None))
             tx.finish(record.uid)
             events.append(self._event(record, "Created", f"created machine {machine.name} ({image.digest[:19]})"))
+            if root_message is not None:
+                events.append(self._event(record, "PersistentRoot", root_message))
+            events.extend(probe_events)
         faults.point("create.outcome")
         return container
 
@@ -527,12 +642,14 @@ class Runtime:
         try:
             self.backend(record.backend).destroy(record.machine_name)
             self._detach_volumes(pod)
+            detach_network(self, record.uid)
             self._remove_artefacts(record.uid, container_only=False, keep_log=False)
         except Exception as exc:  # leave the operation open: reconcile or the next call retries
             log.warning("pod %s: could not undo an unfinished create: %s", record.full_name, exc)
             return
         with self._events() as (tx, events):
             tx.remove_artefacts([a.path for a in self.store.artefacts(record.uid) if not a.retained])
+            tx.delete_network(record.uid)
             tx.finish(record.uid)
             if reason is not None:
                 events.append(self._event(record, "Failed", f"create failed: {reason}", "Warning"))
@@ -609,7 +726,9 @@ class Runtime:
                                 finished_at=0, exit_code=0, reason="", message="", restart_count=restarts)
             events.append(self._event(record, "Started", f"started machine {record.machine_name}"))
         faults.point("start.outcome")
-        return self._require(record.uid).container or container
+        started = self._require(record.uid)
+        self._ensure_prober(started)
+        return started.container or container
 
     def stop_container(self, uid: str, timeout: float = 30.0) -> ContainerRecord:
         """Power the VM off (ACPI), forcing it after ``timeout`` seconds: container EXITED.  Idempotent."""
@@ -738,6 +857,9 @@ class Runtime:
             whole_pod = whole_pod or operation.step == "pod"
             keep_log = keep_log or operation.keep_log
         faults.point("delete.intent")
+        from vmpod.probing.process import stop_prober  # noqa: PLC0415
+
+        stop_prober(self.probes_dir(uid))
         backend = self.backend(record.backend)
         if timeout > 0 and record.container is not None and record.container.state is ContainerState.RUNNING:
             with contextlib.suppress(NotFoundError, InvalidTransition):
@@ -747,6 +869,8 @@ class Runtime:
         faults.point("delete.destroyed")
         self._detach_volumes(self.pod_spec(record))
         faults.point("delete.volumes")
+        detach_network(self, uid)
+        faults.point("delete.network")
         removed = self._remove_artefacts(uid, container_only=not whole_pod, keep_log=keep_log)
         faults.point("delete.files")
         with self._events() as (tx, events):
@@ -756,6 +880,7 @@ class Runtime:
                 tx.delete_pod(uid)
             else:
                 tx.remove_artefacts(removed)
+                tx.delete_network(uid)
                 tx.delete_container(uid)
                 tx.finish(uid)
                 events.append(self._event(record, "Removed", f"removed machine {record.machine_name}"))
@@ -781,6 +906,17 @@ class Runtime:
                                 "see the log and try again")
 
     # ---- waiting -------------------------------------------------------------------------------
+
+    def wait_ready(self, uid: str, timeout: float, poll: float = 0.2) -> PodRecord:
+        """Wait until the pod is ready (running, readiness probe passed); raise if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.wait_running(uid, max(0.0, deadline - time.monotonic()), poll)
+            if self.ready(record):
+                return record
+            if time.monotonic() >= deadline:
+                raise BackendError(f"pod {record.full_name} is not ready after {timeout:g} s")
+            time.sleep(poll)
 
     def wait_running(self, uid: str, timeout: float, poll: float = 0.2) -> PodRecord:
         """Wait until the pod's container is RUNNING (reading the backend); raise if it exits or times out."""

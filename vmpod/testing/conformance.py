@@ -17,7 +17,9 @@ stepped by :data:`vmpod.backend.TRANSITIONS`).  It checks the contract written i
 * errors by type: :class:`~vmpod.errors.NotFoundError` for unknown names,
   :class:`~vmpod.errors.InvalidTransition` for ``console``/``stats`` of a machine that is not
   running, :class:`~vmpod.errors.ConflictError` for a second machine with a taken name,
-  :class:`~vmpod.errors.BackendError` for ``console`` when the capabilities say there is none.
+  :class:`~vmpod.errors.BackendError` for ``console`` when the capabilities say there is none;
+* dynamic port forwards (when the capabilities announce them): refused on a machine that is not
+  running, a taken host port is a :class:`~vmpod.errors.ConflictError`, removal is idempotent.
 
 A backend package's whole conformance test::
 
@@ -52,6 +54,7 @@ import contextlib
 import functools
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
@@ -75,13 +78,15 @@ from vmpod.backend import (
     Backend,
     BackendConfig,
     ConsoleEndpoint,
+    GuestAccess,
     MachineInfo,
     MachineState,
     MachineStats,
     MachineStatus,
 )
+from vmpod.consolemux import connect_unix
 from vmpod.errors import BackendError, ConflictError, InvalidTransition, NotFoundError
-from vmpod.machine import MARKER_LABEL, Disk, DiskFormat, DiskRole, Machine
+from vmpod.machine import MARKER_LABEL, Disk, DiskFormat, DiskRole, Machine, NetworkMode, PortForward
 from vmpod.model import DiskDriver
 
 __all__ = [
@@ -175,6 +180,14 @@ def _call(function: Callable[[], object]) -> _Outcome:
         return _Outcome(value=function())
     except Exception as error:  # every error is compared, by type
         return _Outcome(error=error)
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on right now on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _same(status: MachineStatus) -> MachineStatus:
@@ -426,6 +439,11 @@ class BackendConformance(RuleBasedStateMachine):
             endpoint = self._expect("console", name, outcome, ConsoleEndpoint)
             self._check(endpoint.kind in ("unix", "pty") and bool(endpoint.path),
                         f"console({name!r}) returned a bad endpoint: {endpoint}")
+            if endpoint.kind == "unix":  # a console monitor: it takes clients (several may attach)
+                try:
+                    connect_unix(endpoint.path, timeout=10).close()
+                except OSError as exc:
+                    self._check(False, f"console({name!r}): cannot connect to {endpoint.path}: {exc}")
 
     @rule(name=_names)
     def stats(self, name: str) -> None:
@@ -446,6 +464,39 @@ class BackendConformance(RuleBasedStateMachine):
                         f"stats({name!r}) are not sane: {one}")
             self._check(two.timestamp >= one.timestamp and two.cpu_time_ns >= one.cpu_time_ns,
                         f"stats({name!r}) went backwards: {one} then {two}")
+
+    @rule(name=_names)
+    def port_forward(self, name: str) -> None:
+        """Dynamic forwards (backends with :class:`~vmpod.backend.GuestAccess`), on a free loopback port.
+
+        Unknown machine: NotFoundError; not running: InvalidTransition (removing is fine);
+        running without a user-mode NIC: BackendError; running with one: the forward is added,
+        the same host port again is a ConflictError, and removing it (twice) frees the port.
+        """
+        if not (self.capabilities.port_forward and isinstance(self.backend, GuestAccess)):
+            return
+        access = self.backend
+        forward = PortForward(guest_port=80, host_port=_free_port())
+        self._event("port_forward", name)
+        added = _call(lambda: access.add_port_forward(name, forward))
+        if name not in self.model:
+            self._expect_error("add_port_forward", name, added, NotFoundError)
+            return
+        removed = self._twice("remove_port_forward", name, lambda: access.remove_port_forward(name, forward))
+        self._check(removed.error is None, f"remove_port_forward({name!r}) must not fail: {removed}")
+        if self.model[name] is not MachineState.RUNNING:
+            self._expect_error("add_port_forward", name, added, InvalidTransition)
+            return
+        machine = self.config.make_machine(name, self.state_dir / PODS / name)
+        if not any(nic.mode is NetworkMode.USER for nic in machine.nics):
+            self._expect_error("add_port_forward (no user-mode NIC)", name, added, BackendError)
+            return
+        self._check(added.error is None, f"add_port_forward({name!r}) failed: {added}")
+        again = _call(lambda: access.add_port_forward(name, forward))
+        self._check(again.error is None, f"add_port_forward({name!r}) after its removal failed: {again}")
+        taken = _call(lambda: access.add_port_forward(name, forward))
+        self._expect_error("add_port_forward (host port taken)", name, taken, ConflictError)
+        access.remove_port_forward(name, forward)
 
     @rule()
     def reopen(self) -> None:

@@ -16,6 +16,9 @@ Files (under ``<state_dir>/backends/fake``):
 ``machines/<name>.json``
     ``{"format": 2, "machine": record}``, one file per machine, removed by ``destroy``.
     The file name is the machine name percent-encoded (a long name is cut and given a hash).
+``consoles/<machine>.sock``, ``consoles/<machine>.lock``
+    the echoing interactive console of a running machine (:mod:`vmpod_fake.console`), served
+    by the process that asked for it first; removed when the machine stops or is destroyed.
 ``state.lock``
     every change of a machine holds an exclusive lock on one byte of this file, at an offset
     derived from the machine name (an open file description lock, ``F_OFD_SETLKW``: taken on a
@@ -36,7 +39,10 @@ Simulation, what a test can rely on:
 * ``start`` fails like qemu would (the machine ends STOPPED with exit reason ``StartError``)
   when a disk does not exist or the serial log cannot be opened;
 * ``create`` refuses machines beyond :meth:`FakeBackend.capabilities` (disk bus, disk count);
-* stats: CPU time grows at 1% of one vCPU while running; memory is the machine's memory.
+* stats: CPU time grows at 1% of one vCPU while running; memory is the machine's memory;
+* port forwards (:class:`vmpod.backend.GuestAccess`) are recorded in the machine's file for the
+  current run (nothing listens), refused without a user-mode NIC or on a taken host port, and
+  dropped when the machine stops; there is no VNC server (``vnc_address`` is ``None``).
 
 Faults (:class:`Faults`) come from two places, both applying: the backend options of this
 object (``BackendConfig.options``, see :meth:`Faults.from_options`) and the faults stored in
@@ -75,7 +81,9 @@ from vmpod.backend import (
     MachineStatus,
 )
 from vmpod.errors import BackendError, ConflictError, InvalidTransition, NotFoundError, SpecError
-from vmpod.machine import MARKER_LABEL, Machine
+from vmpod.forwarding import check_forward, check_host_port_free, hostfwd_rule
+from vmpod.machine import MARKER_LABEL, Machine, NetworkMode, PortForward
+from vmpod_fake.console import EchoConsoles
 
 __all__ = ["OPERATIONS", "STATE_FORMAT", "FakeBackend", "Faults"]
 
@@ -216,11 +224,14 @@ class _Record:
     serial_log: str = ""
     disks: tuple[str, ...] = ()
     seed: str = ""
+    forwards: tuple[str, ...] = ()  # dynamic port forwards of the current run, as hostfwd rules
+    user_nic: bool = False  # the machine has a user-mode NIC (forwards need one)
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
         data["labels"] = dict(self.labels)
         data["disks"] = list(self.disks)
+        data["forwards"] = list(self.forwards)
         return data
 
     @classmethod
@@ -228,6 +239,7 @@ class _Record:
         fields = dict(data)
         fields["state"] = MachineState(fields["state"])
         fields["disks"] = tuple(fields.get("disks", ()))
+        fields["forwards"] = tuple(fields.get("forwards", ()))
         return cls(**fields)
 
     def status(self) -> MachineStatus:
@@ -242,7 +254,7 @@ class _Record:
     def stopped(self, now: int, *, exit_code: int, reason: str, message: str) -> _Record:
         """This running machine, stopped at ``now``."""
         return attrs.evolve(self, state=MachineState.STOPPED, finished_at=now, exit_code=exit_code,
-                            exit_reason=reason, message=message,
+                            exit_reason=reason, message=message, forwards=(),
                             cpu_time_ns=self.cpu_time_ns + _cpu_ns(now - self.started_at))
 
 
@@ -260,6 +272,11 @@ def _file_name(name: str) -> str:
             cut = cut[:cut.rindex("%")]
         encoded = cut + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
     return encoded + ".json"
+
+
+def _console_key(name: str) -> str:
+    """The file-safe name of machine ``name``'s console files (see :mod:`vmpod_fake.console`)."""
+    return _file_name(name).removesuffix(".json")
 
 
 def _lock_offset(name: str) -> int:
@@ -308,6 +325,7 @@ class FakeBackend:
         self._lock_path = self.directory / "state.lock"
         self._closed = False
         self._open_files()
+        self._consoles = EchoConsoles(self.directory)
 
     # ---- storage --------------------------------------------------------------------
 
@@ -405,7 +423,7 @@ class FakeBackend:
     # ---- the Backend protocol ---------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        """What the simulation accepts; it has no interactive console."""
+        """What the simulation accepts; its interactive console echoes (:mod:`vmpod_fake.console`)."""
         self._enter("capabilities")
         return self._capabilities()
 
@@ -415,10 +433,11 @@ class FakeBackend:
             disk_buses=("scsi", "virtio"),
             max_disks={"scsi": 26, "virtio": 21},
             filesystems=("9p", "virtiofs"),
-            network_modes=("user", "tap"),
-            console=False,
+            network_modes=("user", "tap", "cni"),
+            console=True,
             graceful_stop=True,
             survives_restart=True,
+            port_forward=True,
             notes=f"simulated: no guest runs; machines are records in {self._machines_dir}",
         )
 
@@ -438,7 +457,8 @@ class FakeBackend:
             record = _Record(name=machine.name, uuid=str(machine.uuid), state=MachineState.CREATED,
                              created_at=time.time_ns(), labels=dict(machine.labels),
                              memory_bytes=machine.memory_bytes, vcpus=machine.vcpus, serial_log=machine.serial_log,
-                             disks=tuple(d.path for d in machine.disks), seed=seed.path if seed else "")
+                             disks=tuple(d.path for d in machine.disks), seed=seed.path if seed else "",
+                             user_nic=any(nic.mode is NetworkMode.USER for nic in machine.nics))
             return record, record
 
         return self._update(machine.name, change).status()
@@ -489,12 +509,15 @@ class FakeBackend:
             self._log(record, now, f"[fake] {name}: {record.message}", quiet=True)
             return record, record
 
-        return self._update(name, change).status()
+        status = self._update(name, change).status()
+        self._consoles.discard(_console_key(name))
+        return status
 
     def destroy(self, name: str) -> None:
         """Forget the machine (forcing it off); an unknown name is fine."""
         self._enter("destroy")
         self._update(name, lambda _record, _faults: (None, None))
+        self._consoles.discard(_console_key(name))
 
     def status(self, name: str) -> MachineStatus:
         """The machine's status; :class:`NotFoundError` when there is none."""
@@ -519,10 +542,10 @@ class FakeBackend:
         return tuple(record.info() for record in sorted(records, key=lambda record: record.name))
 
     def console(self, name: str) -> ConsoleEndpoint:
-        """The fake has no interactive console: :class:`BackendError` for a running machine."""
+        """An echoing console of a running machine on a unix socket (:mod:`vmpod_fake.console`)."""
         self._enter("console")
-        record = self._running(self._read_record(name), name, "console")
-        raise BackendError(f"fake: no interactive console (the serial log of {name!r} is {record.serial_log!r})")
+        self._running(self._read_record(name), name, "console")
+        return ConsoleEndpoint(kind="unix", path=str(self._consoles.serve(_console_key(name))))
 
     def stats(self, name: str) -> MachineStats:
         """Simulated usage: 1% of one vCPU since start, the machine's memory."""
@@ -533,8 +556,57 @@ class FakeBackend:
                             memory_bytes=record.memory_bytes)
 
     def close(self) -> None:
-        """Nothing to release; later calls on this object raise :class:`BackendError`."""
+        """Stop serving the consoles this object served; later calls on this object raise :class:`BackendError`."""
+        self._consoles.close()
         self._closed = True
+
+    # ---- GuestAccess ----------------------------------------------------------------------
+
+    def add_port_forward(self, name: str, forward: PortForward) -> None:
+        """Record the forward on the running machine (nothing listens: no guest runs).
+
+        A host port this machine already forwards, or that anything on the host holds, is a
+        :class:`ConflictError` naming it, as with the real backends.
+        """
+        self._enter("add_port_forward")
+        check_forward(forward)
+        rule = hostfwd_rule(forward)
+        prefix = rule.rsplit("-", 1)[0] + "-"
+
+        def change(stored: _Record | None, _faults: Faults) -> tuple[_Record | None, None]:
+            record = self._running(stored, name, "forward a port to")
+            if not record.user_nic:
+                raise BackendError(f"fake: machine {name!r} has no user-mode NIC to forward ports on")
+            if any(existing.startswith(prefix) for existing in record.forwards):
+                raise ConflictError(f"local port {forward.host_port} ({forward.protocol} on {forward.host_address}) "
+                                    "is already in use; choose another local port")
+            check_host_port_free(forward)
+            return attrs.evolve(record, forwards=(*record.forwards, rule)), None
+
+        self._update(name, change)
+
+    def remove_port_forward(self, name: str, forward: PortForward) -> None:
+        """Forget the forward; one that is not there, or a machine not running or gone, is fine."""
+        self._enter("remove_port_forward")
+        prefix = hostfwd_rule(forward).rsplit("-", 1)[0] + "-"
+
+        def change(stored: _Record | None, _faults: Faults) -> tuple[_Record | None, None]:
+            if stored is None:
+                return None, None
+            kept = tuple(rule for rule in stored.forwards if not rule.startswith(prefix))
+            return attrs.evolve(stored, forwards=kept), None
+
+        self._update(name, change)
+
+    def vnc_address(self, name: str) -> tuple[str, int] | None:
+        """``None``: the fake has no VNC server (:class:`InvalidTransition` when not running)."""
+        self._enter("vnc_address")
+        self._running(self._read_record(name), name, "find the VNC server of")
+        return None
+
+    def port_forwards(self, name: str) -> tuple[str, ...]:
+        """The forwards recorded for the machine's current run, as hostfwd rules (for tests)."""
+        return self._record(name).forwards
 
     # ---- simulation controls (not part of the protocol) -----------------------------------
 
@@ -588,7 +660,9 @@ class FakeBackend:
             self._log(record, now, f"[fake] {name}: {message}", quiet=True)
             return record, record
 
-        return self._update(name, change).status()
+        status = self._update(name, change).status()
+        self._consoles.discard(_console_key(name))
+        return status
 
     @staticmethod
     def _found(record: _Record | None, name: str) -> _Record:

@@ -2,7 +2,8 @@
 
 ``create`` defines the domain (:func:`vmpod_libvirt.domain.domain_xml`: type ``kvm`` when KVM
 really works here, else ``qemu``); ``start`` starts it and a detached log follower
-(:mod:`vmpod_libvirt.follower`) that appends the serial console to the pod log; ``stop`` presses
+(:mod:`vmpod_libvirt.follower`) that appends the serial console to the pod log and serves the console
+to ``vmpod attach`` clients (``attach.sock``, :meth:`LibvirtBackend.console`); ``stop`` presses
 the ACPI power button and destroys the domain if the guest has not powered off within the
 timeout; ``destroy`` destroys and undefines it and removes the backend's files.
 
@@ -22,6 +23,12 @@ The connection is reopened when libvirtd restarts (:class:`~vmpod_libvirt.connec
 running domains, and virtlogd's serial output, do not notice.  A new backend object (a vmpod
 restart) adopts running domains: it restarts a log follower for any that lost its follower, and
 never restarts a domain.
+
+Reaching a guest (:class:`vmpod.backend.GuestAccess`): port forwards are the monitor's
+``hostfwd_add``/``hostfwd_remove`` sent with ``libvirt_qemu.qemuMonitorCommand`` (HMP) on the
+domain's first user netdev, found with ``info network`` (vmpod's ``vmpodnet<N>`` from
+``<qemu:commandline>`` when the machine has static forwards, libvirt's ``hostnet<N>``
+otherwise); ``vnc_address`` reads ``<graphics type="vnc">`` of the live domain XML.
 
 Backend options (``BackendConfig.options``):
 
@@ -47,6 +54,7 @@ import fcntl
 import fnmatch
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -58,6 +66,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Final
 
+import libvirt_qemu  # type: ignore[import-untyped]
+
 from vmpod.accel import detect_accelerator
 from vmpod.backend import (
     BackendConfig,
@@ -68,6 +78,7 @@ from vmpod.backend import (
     MachineStats,
     MachineStatus,
 )
+from vmpod.consolemux import ATTACH_SOCKET, bind_attach_socket
 from vmpod.errors import (
     BackendError,
     BackendUnavailable,
@@ -76,11 +87,26 @@ from vmpod.errors import (
     NotFoundError,
     SpecError,
 )
-from vmpod.machine import MARKER_LABEL, Machine
+from vmpod.forwarding import (
+    check_forward,
+    check_host_port_free,
+    hostfwd_add_command,
+    hostfwd_remove_command,
+    hostfwd_rule,
+    read_hostfwd_reply,
+)
+from vmpod.machine import MARKER_LABEL, Machine, PortForward
 from vmpod.procutil import ProcessIdentity
 from vmpod_libvirt import connection as lv
 from vmpod_libvirt.consolelog import SerialLog
-from vmpod_libvirt.domain import MAX_DISKS, METADATA_NS, DomainMetadata, domain_type, domain_xml, parse_metadata
+from vmpod_libvirt.domain import (
+    MAX_DISKS,
+    METADATA_NS,
+    DomainMetadata,
+    domain_type,
+    domain_xml,
+    parse_metadata,
+)
 from vmpod_libvirt.records import (
     CONSOLE_DIR,
     EXIT_FILE,
@@ -251,15 +277,20 @@ class LibvirtBackend:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # a follower runs
+            # The attach socket is bound here too (under the lock: a stale one of a killed follower is
+            # replaced) and handed over: it exists once start returns, clients queue until it serves.
+            listener = bind_attach_socket(directory / ATTACH_SOCKET)
             argv = [sys.executable, "-m", "vmpod_libvirt.follower", "--dir", str(directory), "--log",
                     metadata.serial_log, "--boot", str(run["boot"]), "--uri", self.uri, "--uuid", domain_uuid,
-                    "--domain-id", str(run["domain_id"]), "--lock-fd", str(lock)]
+                    "--domain-id", str(run["domain_id"]), "--lock-fd", str(lock),
+                    "--listen-fd", str(listener.fileno())]
             # Detached through a shell that backgrounds it in a new session and exits at once: the
             # follower is nobody's child here, outlives vmpod, and leaves no zombie to reap.
             script = 'setsid "$@" </dev/null >>"$VMPOD_FOLLOWER_LOG" 2>&1 &'
             env = {**os.environ, "VMPOD_FOLLOWER_LOG": str(directory / FOLLOWER_LOG)}
-            subprocess.run(["/bin/sh", "-c", script, "vmpod-libvirt-follower", *argv], env=env, check=True,
-                           stdin=subprocess.DEVNULL, pass_fds=(lock,))
+            with listener:
+                subprocess.run(["/bin/sh", "-c", script, "vmpod-libvirt-follower", *argv], env=env, check=True,
+                               stdin=subprocess.DEVNULL, pass_fds=(lock, listener.fileno()))
         finally:
             os.close(lock)
 
@@ -318,6 +349,8 @@ class LibvirtBackend:
             console=True,
             graceful_stop=True,
             survives_restart=True,
+            port_forward=True,
+            vnc=True,
             notes=f"libvirt at {self.uri}, domain type {domain_type(accelerator)}",
         )
 
@@ -521,17 +554,17 @@ class LibvirtBackend:
             raise self._failure(f"cannot get {what} of {name!r}", exc) from None
 
     def console(self, name: str) -> ConsoleEndpoint:
-        """The serial console's pty of a running machine."""
+        """The console monitor's unix socket, ``attach.sock`` in the runtime directory (any number of clients).
+
+        The monitor is the machine's log follower (:mod:`vmpod_libvirt.follower`), which holds the
+        serial pty; a follower that was lost is started again first (by the status check).  A
+        path too long for a plain ``connect`` is reached with :func:`vmpod.consolemux.connect_unix`.
+        """
         domain = self._running(name, "the console")
-        try:
-            tree = ET.fromstring(domain.XMLDesc(0))
-        except lv.LibvirtError as exc:
-            raise self._failure(f"cannot get the console of {name!r}", exc) from None
-        for element in (*tree.iterfind("devices/console"), *tree.iterfind("devices/serial")):
-            source = element.find("source")
-            if element.get("type") == "pty" and source is not None and source.get("path"):
-                return ConsoleEndpoint(kind="pty", path=str(source.get("path")))
-        raise BackendError(f"libvirt: domain {name!r} has no pty console")
+        metadata = self._metadata(domain)
+        if metadata is None or not metadata.serial_log:
+            raise BackendError(f"libvirt: domain {name!r} has no console monitor (it was not started by vmpod)")
+        return ConsoleEndpoint(kind="unix", path=str(Path(metadata.runtime_dir) / ATTACH_SOCKET))
 
     def stats(self, name: str) -> MachineStats:
         """CPU time (libvirt's, ns) and qemu's resident memory of a running machine."""
@@ -549,6 +582,65 @@ class LibvirtBackend:
         """Close the libvirt connection; domains and their log followers keep running."""
         self.connection.close()
 
+    # ---- GuestAccess -------------------------------------------------------------------------
+
+    def _live_xml(self, domain: lv.Domain, what: str, name: str) -> ET.Element:
+        try:
+            return ET.fromstring(domain.XMLDesc(0))
+        except lv.LibvirtError as exc:
+            raise self._failure(f"cannot get {what} of {name!r}", exc) from None
+
+    def _hmp(self, domain: lv.Domain, command: str, name: str) -> str:
+        """One human monitor command on the domain's qemu (``virsh qemu-monitor-command --hmp``)."""
+        try:
+            return str(libvirt_qemu.qemuMonitorCommand(domain, command,
+                                                       libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
+        except lv.LibvirtError as exc:
+            raise self._failure(f"{command.split(maxsplit=1)[0]} on {name!r}", exc) from None
+
+    def add_port_forward(self, name: str, forward: PortForward) -> None:
+        """``hostfwd_add`` on the domain's first user-mode netdev (found with the monitor's ``info network``)."""
+        check_forward(forward)
+        domain = self._running(name, "a port forward")
+        netdev = _user_netdev(self._hmp(domain, "info network", name))
+        if netdev is None:
+            raise BackendError(f"libvirt: domain {name!r} has no user-mode NIC to forward ports on "
+                               "(reach a CNI pod at its pod IP)")
+        check_host_port_free(forward)
+        read_hostfwd_reply(self._hmp(domain, hostfwd_add_command(netdev, forward), name), forward, adding=True)
+
+    def remove_port_forward(self, name: str, forward: PortForward) -> None:
+        """``hostfwd_remove``; a forward or machine that is gone, or a machine not running, is fine."""
+        try:
+            domain = self._running(name, "a port forward")
+            netdev = _user_netdev(self._hmp(domain, "info network", name))
+            if netdev is not None:
+                self._hmp(domain, hostfwd_remove_command(netdev, forward), name)
+        except (NotFoundError, InvalidTransition):
+            return
+        except BackendError as exc:
+            log.info("libvirt: removing forward %s of %s: %s", hostfwd_rule(forward), name, exc)
+
+    def vnc_address(self, name: str) -> tuple[str, int] | None:
+        """The VNC server of the running domain (``<graphics type='vnc'>``, loopback), ``None`` without one."""
+        domain = self._running(name, "the VNC server")
+        graphics = self._live_xml(domain, "the VNC server", name).find("devices/graphics[@type='vnc']")
+        if graphics is None or int(graphics.get("port", "-1")) <= 0:
+            return None
+        return graphics.get("listen") or "127.0.0.1", int(graphics.get("port", "-1"))
+
+
+def _user_netdev(info_network: str) -> str | None:
+    """The id of the first user-mode netdev in the human monitor's ``info network``.
+
+    A user NIC with static forwards is ``vmpodnet<N>`` (``<qemu:commandline>``), one without is
+    libvirt's own ``hostnet<N>``; both show as `` \\ <id>: index=0,type=user,...``.
+    """
+    for line in info_network.splitlines():
+        match = re.match(r"\s*\\?\s*([\w.#-]+): index=\d+,type=user\b", line)
+        if match is not None:
+            return match.group(1)
+    return None
 
 
 def _start(domain: lv.Domain) -> tuple[str, int]:

@@ -21,7 +21,10 @@
   (virtio-blk, ``vda``.., slot *n+1* of a PCI bridge on bus 1), with Virtlet's limits (26 and
   21).  The seed is a read-only CD-ROM on SCSI; virtio-blk has no CD-ROM, so there it is a
   read-only disk (the guest finds it by its volume label either way).  The root disk boots
-  (``<boot order="1"/>``).  The virtio-scsi controller is always present, as in Virtlet;
+  (``<boot order="1"/>``).  A disk that is a byte range of its device (a persistent root after its
+  header sector) has a ``<slices><slice type="storage" offset=... size=.../></slices>`` source
+  (libvirt's own answer to Virtlet's dm-linear device).  The virtio-scsi controller is always
+  present, as in Virtlet;
 * directory volumes: 9p (``accessmode="squash"``, as Virtlet) or virtiofs (``passthrough``, with
   the shared memfd memory backing virtiofsd needs);
 * NICs: user-mode or an existing tap (``type="ethernet"``, unmanaged); libvirt cannot start qemu
@@ -29,7 +32,8 @@
   no port forwards (libvirt 9.0 has no passt backend either), so a user NIC with forwards is
   given to qemu directly through ``<qemu:commandline>`` (``-netdev user,hostfwd=...`` on the
   forward's loopback address and a ``virtio-net-pci``), as Virtlet passed its own settings;
-* the serial console is a pty (``vmpod attach``, :meth:`Backend.console`) whose output libvirt
+* the serial console is a pty (held by the log follower's console monitor, which serves
+  ``vmpod attach`` on ``attach.sock``) whose output libvirt
   also appends, through virtlogd, to ``<runtime_dir>/serial.raw``: the backend's log follower
   turns that file into the pod's CRI log;
 * VNC on 127.0.0.1 only (autoport), a Cirrus VGA and a USB tablet, as Virtlet; none of them
@@ -255,16 +259,26 @@ def _cpu(domain: ET.Element, machine: Machine, accelerator: str) -> None:
         _sub(cpu, "feature", policy=feature.policy, name=feature.name)
 
 
+def _slice(source: ET.Element, disk: Disk) -> None:
+    """A storage slice: the guest sees ``size`` bytes of the source from ``offset`` (a persistent root)."""
+    if disk.format is not DiskFormat.RAW:
+        raise BackendError(f"libvirt: disk {disk.name!r}: only a raw disk can start at an offset")
+    if disk.size is None or disk.size <= 0 or disk.size % 512 or disk.offset % 512:
+        raise BackendError(f"libvirt: disk {disk.name!r}: a slice needs an offset and a positive size, both "
+                           f"multiples of 512 (offset {disk.offset}, size {disk.size})")
+    slices = _sub(source, "slices")
+    _sub(slices, "slice", type="storage", offset=str(disk.offset), size=str(disk.size))
+
+
 def _disk(devices: ET.Element, machine: Machine, disk: Disk, target: str, index: int) -> None:
     scsi = machine.disk_bus is DiskDriver.SCSI
     cdrom = disk.cdrom and scsi  # virtio-blk has no CD-ROM: a read-only disk instead
     element = _sub(devices, "disk", type="block" if disk.block else "file", device="cdrom" if cdrom else "disk")
     _sub(element, "driver", name="qemu", type="qcow2" if disk.format is DiskFormat.QCOW2 else "raw")
     path = _absolute(disk.path, f"disk {disk.name!r}")
-    if disk.block:
-        _sub(element, "source", dev=path)
-    else:
-        _sub(element, "source", file=path)
+    source = _sub(element, "source", dev=path) if disk.block else _sub(element, "source", file=path)
+    if disk.offset or disk.size is not None:
+        _slice(source, disk)
     _sub(element, "target", dev=target, bus="scsi" if scsi else "virtio")
     if disk.read_only or disk.cdrom:
         _sub(element, "readonly")
@@ -296,7 +310,11 @@ def _qemu_nic_args(nic: Nic, index: int) -> list[str]:
     """qemu arguments for a user-mode NIC with port forwards (which libvirt's XML cannot express)."""
     netdev = f"vmpodnet{index}"
     forwards = [f"hostfwd={f.protocol}:{f.host_address}:{f.host_port}-:{f.guest_port}" for f in nic.forwards]
-    device = ["virtio-net-pci", f"netdev={netdev}", f"mac={nic.mac}", f"id={netdev}-dev"]
+    # libvirt does not know this device: without an address it takes the first free slot, the one
+    # libvirt gives its own VGA (qemu then refuses the VGA). The last slots of bus 0 are the ones
+    # libvirt's automatic addressing reaches last.
+    device = ["virtio-net-pci", f"netdev={netdev}", f"mac={nic.mac}", f"id={netdev}-dev", "bus=pci.0",
+              f"addr={0x1F - index:#04x}"]
     if nic.mtu:
         device.append(f"host_mtu={nic.mtu}")
     return ["-netdev", ",".join(["user", f"id={netdev}", *forwards]), "-device", ",".join(device)]

@@ -13,13 +13,15 @@
   bus as LUN *n* of target 0 (``scsi-hd``/``scsi-cd``; the guest names them ``sda``...), on the
   ``virtio`` bus as virtio-blk devices in slot *n+1* of a PCI bridge on bus 1 (``vda``...),
   where a CD-ROM (the seed) becomes a read-only virtio disk; the root disk boots first;
-  Virtlet's limits apply (26 SCSI, 21 virtio disks);
+  Virtlet's limits apply (26 SCSI, 21 virtio disks); a disk that is a byte range of its device (a
+  persistent root after its header sector) gets the raw driver's ``offset`` and ``size``;
 * 9p directory shares (``security_model=none``, libvirt's ``accessmode="squash"``);
   virtio-fs needs a virtiofsd daemon per share and is refused;
 * NICs as virtio-net: user-mode networking with port forwards bound to loopback, or a tap
   device; a tap in a network namespace starts qemu through ``nsenter --net=<netns>``;
-* the serial console on a unix socket (``console.sock``, for attach) whose chardev also appends
-  everything the guest writes to ``serial.raw`` even when nobody is attached: the supervisor
+* the serial console on a unix socket (``console.sock``, one client: the supervisor's console
+  monitor, which serves ``vmpod attach`` on ``attach.sock``) whose chardev also appends
+  everything the guest writes to ``serial.raw`` even when nobody is connected: the supervisor
   turns that file into the pod's CRI log;
 * VNC on 127.0.0.1 (the first free display from :5900), a Cirrus VGA and a USB tablet, as
   Virtlet's domain; ``-display none`` when the machine has no VNC;
@@ -150,6 +152,18 @@ def _smp(machine: Machine) -> str:
                  f"threads={topology.threads}", f"maxcpus={slots}")
 
 
+def _slice(disk: Disk) -> list[str]:
+    """``offset``/``size`` of the raw driver for a disk that is a byte range of its file (persistent root)."""
+    if not disk.offset and disk.size is None:
+        return []
+    if disk.format is not DiskFormat.RAW:
+        raise BackendError(f"qemu: disk {disk.name!r}: only a raw disk can start at an offset")
+    if disk.offset % 512 or (disk.size is not None and (disk.size <= 0 or disk.size % 512)):
+        raise BackendError(f"qemu: disk {disk.name!r}: offset {disk.offset} and size {disk.size} must be "
+                           "multiples of 512 (and the size positive)")
+    return [f"offset={disk.offset}", *([f"size={disk.size}"] if disk.size is not None else [])]
+
+
 def _disk_args(machine: Machine) -> list[str]:
     bus = machine.disk_bus
     limit = MAX_DISKS[bus]
@@ -167,7 +181,7 @@ def _disk_args(machine: Machine) -> list[str]:
                                     f"node-name={file_node}", f"read-only={_onoff(read_only)}")]
         fmt = "qcow2" if disk.format is DiskFormat.QCOW2 else "raw"
         args += ["-blockdev", _opts(f"driver={fmt}", f"file={file_node}", f"node-name={node}",
-                                    f"read-only={_onoff(read_only)}")]
+                                    f"read-only={_onoff(read_only)}", *_slice(disk))]
         serial = f"serial={escape(disk.serial)}" if disk.serial else None
         boot = "bootindex=1" if disk is root else None
         if bus is DiskDriver.SCSI:

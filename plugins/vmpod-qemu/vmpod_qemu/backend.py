@@ -9,7 +9,9 @@ Each machine lives in ``<state_dir>/backends/qemu/machines/<name>/``:
 ``qemu.pid``, ``qmp.sock``, ``console.sock``, ``serial.raw``
     qemu's pidfile, QMP monitor, serial console and raw serial output (see :mod:`vmpod_qemu.argv`);
 ``run.json``, ``exit.json``, ``stop.json``, ``log.state``, ``supervisor.lock``, ``supervisor.log``
-    the supervisor's records (see :mod:`vmpod_qemu.supervisor`).
+    the supervisor's records (see :mod:`vmpod_qemu.supervisor`);
+``attach.sock``
+    the console monitor's socket (in the supervisor): :meth:`QemuBackend.console`, ``vmpod attach``.
 
 ``start`` builds the argv (:func:`vmpod_qemu.argv.build_argv`, KVM when it really works, else
 TCG, see :mod:`vmpod.accel`) and starts the machine's supervisor, which starts qemu, keeps the
@@ -22,6 +24,12 @@ starts a second qemu, and restarts a lost supervisor in *attach* mode so that th
 A qemu that died is ``STOPPED`` with the reason its supervisor recorded (``Killed``,
 ``Crashed``, ``Completed``, ``Error``; ``Stopped`` when vmpod stopped it).  A pid is never
 signalled unless it is still the recorded process (:class:`vmpod.procutil.ProcessIdentity`).
+
+Reaching a guest (:class:`vmpod.backend.GuestAccess`): ``add_port_forward`` and
+``remove_port_forward`` run the monitor commands ``hostfwd_add``/``hostfwd_remove`` (QMP
+``human-monitor-command``) on the first user netdev (``net<N>``), after binding the host port
+for a moment to report a taken one by number (:mod:`vmpod.forwarding`); ``vnc_address`` asks
+QMP ``query-vnc``.  Such forwards end with the qemu process.
 
 Backend options (``BackendConfig.options``): ``binary`` (default ``qemu-system-x86_64``),
 ``accel`` (``auto``, ``kvm`` or ``tcg``; default ``auto``).
@@ -60,8 +68,17 @@ from vmpod.backend import (
     MachineStatus,
 )
 from vmpod.consolelog import CriLogWriter
+from vmpod.consolemux import ATTACH_SOCKET
 from vmpod.errors import BackendError, BackendUnavailable, ConflictError, InvalidTransition, NotFoundError
-from vmpod.machine import MARKER_LABEL, Machine
+from vmpod.forwarding import (
+    check_forward,
+    check_host_port_free,
+    hostfwd_add_command,
+    hostfwd_remove_command,
+    read_hostfwd_reply,
+    user_netdev_index,
+)
+from vmpod.machine import MARKER_LABEL, Machine, NetworkMode, PortForward
 from vmpod.procutil import ProcessIdentity, read_json, write_json
 from vmpod_qemu import supervisor
 from vmpod_qemu.argv import CONSOLE_SOCKET, DEFAULT_BINARY, MAX_DISKS, QMP_SOCKET, QemuPaths, build_argv
@@ -76,7 +93,7 @@ log = logging.getLogger(__name__)
 MACHINE_FILE: Final = "machine.json"
 OP_LOCK: Final = "op.lock"
 #: Files a new boot must not inherit (``run.json``/``exit.json``/``stop.json`` name their boot and stay).
-_PER_BOOT: Final = ("qemu.pid", QMP_SOCKET, CONSOLE_SOCKET, "serial.raw")
+_PER_BOOT: Final = ("qemu.pid", QMP_SOCKET, CONSOLE_SOCKET, ATTACH_SOCKET, "serial.raw")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _LAUNCHER: Final = Path(supervisor.__file__).resolve().with_name("launcher.py")
 #: How long qemu gets to exit after QMP ``quit`` before it is killed, and how long to wait after that.
@@ -269,10 +286,12 @@ class QemuBackend:
             disk_buses=("scsi", "virtio"),
             max_disks={bus.value: limit for bus, limit in MAX_DISKS.items()},
             filesystems=("9p",),
-            network_modes=("user", "tap"),
+            network_modes=("user", "tap", "cni"),  # cni: qemu starts inside the pod network namespace
             console=True,
             graceful_stop=True,
             survives_restart=True,
+            port_forward=True,
+            vnc=True,
             notes=f"{self.binary} ({accel}), daemonized, one supervisor process per machine; state in {self.root}",
         )
 
@@ -363,7 +382,7 @@ class QemuBackend:
                 if run is not None:
                     self._stop_supervisor(directory)
                     self._finish(directory, record.machine)
-                _console_link(directory / CONSOLE_SOCKET).unlink(missing_ok=True)
+                _console_link(directory / ATTACH_SOCKET).unlink(missing_ok=True)
                 shutil.rmtree(directory)
         except NotFoundError:
             shutil.rmtree(directory, ignore_errors=True)
@@ -387,13 +406,15 @@ class QemuBackend:
         return tuple(infos)
 
     def console(self, name: str) -> ConsoleEndpoint:
-        """The serial console's unix socket (one client at a time).
+        """The console monitor's unix socket, ``attach.sock`` (any number of clients; see :mod:`vmpod.consolemux`).
 
-        A socket path too long for ``connect`` (over 107 bytes, in a deep state directory) is
-        given as a short symlink to it in :func:`_link_dir` (removed by ``destroy``).
+        qemu's own ``console.sock`` takes one client, and the monitor is it.  A supervisor that
+        was lost is restarted first (by the status check).  A socket path too long for
+        ``connect`` (over 107 bytes, in a deep state directory) is given as a short symlink to it
+        (:func:`_console_link`, removed by ``destroy``).
         """
         directory, _ = self._running(name, "attach to the console of")
-        path = directory / CONSOLE_SOCKET
+        path = directory / ATTACH_SOCKET
         if len(os.fsencode(str(path))) <= _MAX_UNIX_PATH:
             return ConsoleEndpoint(kind="unix", path=str(path))
         link = _console_link(path)
@@ -416,6 +437,29 @@ class QemuBackend:
         """Nothing to release: every QMP session is closed after its call; machines keep running."""
 
     # ---- beyond the protocol -----------------------------------------------------------------
+
+    def add_port_forward(self, name: str, forward: PortForward) -> None:
+        """``hostfwd_add`` on the user netdev of the running machine (see :mod:`vmpod.forwarding`)."""
+        check_forward(forward)
+        directory, _ = self._running(name, "forward a port to")
+        netdev = f"net{user_netdev_index(self._record(name).machine.nics)}"
+        check_host_port_free(forward)
+        (reply,) = qmp_call(directory / QMP_SOCKET, ("human-monitor-command",
+                                                     {"command-line": hostfwd_add_command(netdev, forward)}))
+        read_hostfwd_reply(str(reply), forward, adding=True)
+
+    def remove_port_forward(self, name: str, forward: PortForward) -> None:
+        """``hostfwd_remove``; a forward or machine that is gone, or a machine not running, is fine."""
+        try:
+            directory, _ = self._running(name, "remove a port forward of")
+            nics = self._record(name).machine.nics
+            if not any(nic.mode is NetworkMode.USER for nic in nics):
+                return  # nothing was ever forwarded
+            netdev = f"net{user_netdev_index(nics)}"
+            qmp_call(directory / QMP_SOCKET, ("human-monitor-command",
+                                              {"command-line": hostfwd_remove_command(netdev, forward)}))
+        except (NotFoundError, InvalidTransition, QMPUnavailable):
+            return
 
     def vnc_address(self, name: str) -> tuple[str, int] | None:
         """Where the machine's VNC server listens (``("127.0.0.1", 5900)``), or ``None`` without VNC."""
