@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def test_tiny_guest_boots_logs_across_a_restart_and_stops_gracefully(tiny_image:
     share.chmod(0o755)
     (share / "readme.txt").write_text("from the host\n")
     (share / "readme.txt").chmod(0o644)
-    pod = make_tiny_pod(base / "pod", tiny_image, name="vmpod-libvirt-tiny", bus=DiskDriver.SCSI,
+    # A fresh domain name each run: a run killed half-way must not make the next one conflict with it.
+    pod = make_tiny_pod(base / "pod", tiny_image, name=f"vmpod-libvirt-tiny-{uuid.uuid4().hex[:8]}",
+                        bus=DiskDriver.SCSI,
                         root_size=256 << 20, volumes=[("data", 96 << 20, DiskFormat.QCOW2)], hostname="tiny-libvirt",
                         shares=[Filesystem(tag="ro", source=str(share), read_only=True)])
     name = pod.machine.name

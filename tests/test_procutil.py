@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from vmpod.procutil import (
     ProcessIdentity,
@@ -16,6 +21,7 @@ from vmpod.procutil import (
     proc_starttime,
     process_matches,
     read_json,
+    try_flock,
     write_json,
 )
 
@@ -68,6 +74,68 @@ def test_locked(tmp_path: Path) -> None:
             assert not again, "flock: another open file description cannot take it"
     with locked(path, blocking=False) as free:
         assert free
+
+
+#: A lock holder whose main thread ends first (``pthread_exit``, called without the GIL through ctypes)
+#: while another thread lives on for ``argv[2]`` seconds: what a multi-threaded helper looks like while
+#: it is being killed, its lock still held and its main thread already a zombie.
+_DYING_HOLDER = """
+import ctypes, fcntl, os, sys, threading, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+def linger():
+    time.sleep(float(sys.argv[2]))
+    os._exit(0)
+threading.Thread(target=linger).start()
+print("held", flush=True)
+if sys.argv[3] == "dying":
+    ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+@pytest.fixture
+def lock_fd(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "helper.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    yield fd
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, seconds: float, how: str) -> Iterator[subprocess.Popen[str]]:
+    """A child process holding ``path``'s lock, ``live`` or ``dying`` (see above); killed at the end."""
+    with subprocess.Popen([sys.executable, "-c", _DYING_HOLDER, str(path), str(seconds), how],
+                          stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"
+            yield holder
+        finally:
+            holder.kill()
+
+
+def main_thread_state(pid: int) -> str:
+    deadline = time.monotonic() + 10
+    while (state := Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z":
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return state
+
+
+def test_try_flock_waits_for_a_dying_holder_only(tmp_path: Path, lock_fd: int) -> None:
+    with hold_lock(tmp_path / "helper.lock", 60, "live"):
+        assert not try_flock(lock_fd), "a live holder keeps its lock"
+    assert try_flock(lock_fd), "the holder is gone: the lock is free"
+
+    fd = os.open(tmp_path / "other.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with hold_lock(tmp_path / "other.lock", 1.0, "dying") as dying:
+            assert main_thread_state(dying.pid) == "Z", "the holder's main thread has ended, another thread runs"
+            assert not try_flock(fd, dying_grace=0), "without a grace a dying holder still counts"
+            assert try_flock(fd), "with one, its lock is waited for: it is released when the last thread ends"
+            assert dying.wait(10) == 0
+    finally:
+        os.close(fd)
 
 
 def test_json_records(tmp_path: Path) -> None:

@@ -12,7 +12,10 @@ module is what they share for that:
   first and check the identity *after* that, so the pidfd is known to refer to the recorded
   process, and the signal goes through the pidfd: a process that exits between the check and
   the signal cannot be confused with a newcomer that got its number.
-* **locks**: :func:`locked`, an exclusive ``flock`` on a file (one helper per machine).
+* **locks**: :func:`locked` and :func:`try_flock`, an exclusive ``flock`` on a file (one helper per
+  machine).  A holder that was just killed keeps its lock for a moment (its main thread is already a
+  zombie while its other threads are torn down); a non-blocking attempt waits that moment out instead
+  of taking the dying holder for a live one.
 * **records**: :func:`read_json` and :func:`write_json` (atomic replacement).
 
 It imports only the standard library (and the ``vmpod`` package, which imports pluggy): small
@@ -28,6 +31,7 @@ import json
 import os
 import select
 import signal
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ __all__ = [
     "proc_stat",
     "process_matches",
     "read_json",
+    "try_flock",
     "write_json",
 ]
 
@@ -70,18 +75,69 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 # -- locks -------------------------------------------------------------------------------------
 
 
+#: How long a non-blocking lock attempt waits for a dying holder to let go.
+DYING_HOLDER_GRACE = 5.0
+
+
+def try_flock(fd: int, *, dying_grace: float = DYING_HOLDER_GRACE) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting for a live holder; True when taken.
+
+    When the lock is held by a process that is exiting (its main thread a zombie, or gone: a
+    multi-threaded process being killed releases its descriptors only when its last thread ends),
+    the attempt is retried for up to ``dying_grace`` seconds.  A holder still there after that counts
+    as live.
+    """
+    deadline = time.monotonic() + dying_grace
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline or not _flock_holder_exiting(fd):
+                return False
+            time.sleep(0.02)
+
+
+def _flock_holder_exiting(fd: int) -> bool:
+    """True when every process ``/proc/locks`` names as holding a ``flock`` on ``fd``'s file is exiting."""
+    info = os.fstat(fd)
+    device = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    holders = []
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1491263 0 EOF"; "1: -> FLOCK ..." lines are waiters.
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        major, minor, inode = fields[5].split(":")
+        if (int(major, 16), int(minor, 16), int(inode)) == device:
+            holders.append(int(fields[4]))
+    if not holders:
+        return True  # released between the attempt and the look: try again
+    return all(_exiting(pid) for pid in holders)
+
+
+def _exiting(pid: int) -> bool:
+    fields = proc_stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
 @contextlib.contextmanager
 def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing, mode 0600) for the ``with`` block.
 
-    Yields True when the lock is held; False when ``blocking`` is off and another open file
-    description holds it.  The descriptor is close-on-exec: child processes do not inherit it.
+    Yields True when the lock is held; False when ``blocking`` is off and another process holds it
+    (see :func:`try_flock`: a dying holder is waited for).  The descriptor is close-on-exec: child
+    processes do not inherit it.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if blocking:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif not try_flock(fd):
             yield False
             return
         yield True

@@ -50,7 +50,6 @@ default state directory is).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import fnmatch
 import logging
 import os
@@ -96,7 +95,7 @@ from vmpod.forwarding import (
     read_hostfwd_reply,
 )
 from vmpod.machine import MARKER_LABEL, Machine, PortForward
-from vmpod.procutil import ProcessIdentity
+from vmpod.procutil import ProcessIdentity, try_flock
 from vmpod_libvirt import connection as lv
 from vmpod_libvirt.consolelog import SerialLog
 from vmpod_libvirt.domain import (
@@ -273,9 +272,7 @@ class LibvirtBackend:
         # same open file keeps the lock): no second follower can start while the first one boots.
         lock = os.open(directory / FOLLOWER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not try_flock(lock):  # a follower that was just killed is waited for
                 return  # a follower runs
             # The attach socket is bound here too (under the lock: a stale one of a killed follower is
             # replaced) and handed over: it exists once start returns, clients queue until it serves.

@@ -7,14 +7,13 @@ Process identities and pidfd-safe signalling are :mod:`vmpod.procutil`'s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from vmpod.procutil import locked, proc_stat
+from vmpod.procutil import locked, proc_stat, try_flock
 from vmpod_qemu.supervisor import LOCK_FILE
 
 __all__ = ["cpu_time_ns", "holding_supervisor_lock", "rss_bytes", "supervisor_running", "wait_supervisor"]
@@ -46,12 +45,9 @@ def supervisor_running(directory: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not try_flock(fd)  # a supervisor that was just killed is waited for, not counted
     finally:
         os.close(fd)  # closing releases the probe's lock
-    return False
 
 
 @contextlib.contextmanager
