@@ -26,7 +26,7 @@ python3 -m vmpod.guests.tiny
 session 'sed "s|IMAGE|file://$(python3 -m vmpod.guests.tiny)|" examples/tiny-vm.yaml > tiny-vm.yaml'
 
 session 'vmpod plugins'
-session 'vmpod run --wait tiny-vm.yaml'
+session 'vmpod run --wait-ready tiny-vm.yaml'
 session 'vmpod get -o wide'
 
 echo "== waiting for the guest to print its seed (serial console -> pod log)"
@@ -37,6 +37,20 @@ done
 session 'vmpod logs tiny-vm'
 vmpod logs tiny-vm | grep -q "VMPOD-SEED instance-id=tiny-vm.default hostname=tiny-vm" \
   || { echo "demo: the guest did not report its seed" >&2; exit 1; }
+session 'echo uname -s | vmpod attach tiny-vm --linger 3' | tee "$work/attach.out"
+tr -d '\r' <"$work/attach.out" | grep -qx Linux || { echo "demo: the attached shell did not answer" >&2; exit 1; }
+
+echo "== reaching the guest's web server (busybox httpd, port 80) through vmpod port-forward"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+vmpod port-forward tiny-vm "$port:80" & forward=$!
+page=""
+for _ in $(seq 1 30); do
+  page=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/', timeout=5).read().decode())" 2>/dev/null) && break
+  sleep 1
+done
+kill "$forward"; wait "$forward" || true
+echo "$page"
+grep -q "<h1>tiny-vm</h1>" <<<"$page" || { echo "demo: no page from the guest's web server" >&2; exit 1; }
 session 'vmpod describe tiny-vm'
 
 session 'vmpod delete tiny-vm'

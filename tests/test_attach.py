@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import tiny_manifest, vmpod, wait_for_log
+from tests.support.cli import backend_cli, tiny_manifest, wait_for_log
 from vmpod.consolelog import SERIAL_RAW, parse_record
 from vmpod.procutil import ProcessIdentity, read_json
 from vmpod.runtime import Runtime
@@ -203,48 +202,33 @@ def test_attach_on_qemu(tmp_path: Path) -> None:
     from tests.support.cli import leftovers  # noqa: PLC0415
 
     state = tmp_path / "state"
-    script = shutil.which("vmpod")
-    assert script
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return vmpod(state, "--backend", "qemu", *args, timeout=600)
+    run, argv = backend_cli(state, "qemu")
 
     def monitor() -> ProcessIdentity | None:
         return ProcessIdentity.from_run(read_json(_qemu_machine_dir(state) / "run.json") or {}, prefix="supervisor_")
 
-    _scenario(run, [script, "--state-dir", str(state), "--backend", "qemu"], state, tmp_path, "attach-q",
+    _scenario(run, argv, state, tmp_path, "attach-q",
               monitor=monitor, raw=lambda: _qemu_machine_dir(state) / SERIAL_RAW)
     assert leftovers(state) == []
 
 
 @pytest.fixture
 def libvirt_state() -> Iterator[Path]:
-    from vmpod_libvirt.testing import ensure_daemons, shared_dir  # noqa: PLC0415
+    from tests.support.libvirtstate import libvirt_state_dir  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
-
-    daemons = ensure_daemons()
-    base = shared_dir("vmpod-attach-")
-    yield base / "state"
-    for name in domains(base.name, daemons):  # only after a failure
-        subprocess.run(["virsh", "-c", daemons.uri, "destroy", name], capture_output=True, check=False)
-        subprocess.run(["virsh", "-c", daemons.uri, "undefine", name], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    with libvirt_state_dir("vmpod-attach-") as state:
+        yield state
 
 
 def test_attach_on_libvirt(libvirt_state: Path, tmp_path: Path) -> None:
     from vmpod_libvirt.records import FOLLOWER_FILE  # noqa: PLC0415
     from vmpod_libvirt.testing import ensure_daemons  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
+    from tests.support.libvirtstate import domains  # noqa: PLC0415
 
     state = libvirt_state
     daemons = ensure_daemons()
-    script = shutil.which("vmpod")
-    assert script
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return vmpod(state, "--backend", "libvirt", *args, timeout=600)
+    run, argv = backend_cli(state, "libvirt")
 
     def runtime_dir() -> Path:
         with Runtime.open(state, readonly=True) as runtime:
@@ -255,6 +239,6 @@ def test_attach_on_libvirt(libvirt_state: Path, tmp_path: Path) -> None:
     def monitor() -> ProcessIdentity | None:
         return ProcessIdentity.from_run(read_json(runtime_dir() / FOLLOWER_FILE) or {})
 
-    _scenario(run, [script, "--state-dir", str(state), "--backend", "libvirt"], state, tmp_path, "attach-l",
+    _scenario(run, argv, state, tmp_path, "attach-l",
               monitor=monitor, raw=lambda: runtime_dir() / SERIAL_RAW)
     assert domains(state.parent.name, daemons) == []

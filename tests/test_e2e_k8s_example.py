@@ -19,20 +19,21 @@ Through the installed ``vmpod`` command, in user-mode networking:
 
 from __future__ import annotations
 
+import os
 import queue
 import secrets
-import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import yaml
 
 from tests.conftest import VIRTLET_EXAMPLES
-from tests.support.cli import vmpod
+from tests.support.cli import backend_cli, leftovers
 from tests.support.guestvm import make_ssh_key
 from vmpod.guests import build_debian_cloud_guest
 
@@ -105,11 +106,51 @@ def _ready(run: Runner) -> bool:
 
 
 def _attach(run_argv: list[str], line: str) -> str:
-    """``vmpod attach k8s-0`` over a pipe: a newline (wakes the getty), then ``line``; what came back."""
-    attach = subprocess.run([*run_argv, "attach", "k8s-0", "--linger", "5"], input=f"\n{line}\n",
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert attach.returncode == 0, attach.stderr
-    return attach.stdout
+    """``vmpod attach k8s-0`` over a pipe, typing like a person: wake the getty with a newline, wait for
+    its login prompt, then type ``line`` (again if it was not echoed: agetty discards what is typed while
+    it sets up the terminal, and cloud-init may still be writing to the console).  What came back."""
+    attach = subprocess.Popen([*run_argv, "attach", "k8s-0", "--linger", "3"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert attach.stdin is not None
+    assert attach.stdout is not None
+    received = bytearray()
+
+    def read(stream: IO[bytes]) -> None:
+        while chunk := os.read(stream.fileno(), 4096):
+            received.extend(chunk)
+
+    def shows(text: str, since: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in received[since:]:
+            if time.monotonic() > deadline or attach.poll() is not None:
+                return False
+            time.sleep(0.1)
+        return True
+
+    reader = threading.Thread(target=read, args=(attach.stdout,), daemon=True)
+    reader.start()
+    try:
+        for _ in range(3):
+            since = len(received)
+            attach.stdin.write(b"\n")
+            attach.stdin.flush()
+            shows("login:", since, 30)
+            time.sleep(1)
+            since = len(received)
+            attach.stdin.write(f"{line}\n".encode())
+            attach.stdin.flush()
+            if shows(line, since, 15):
+                break
+    finally:
+        attach.stdin.close()
+        attach.wait(timeout=60)
+        reader.join(timeout=10)
+        assert attach.stderr is not None
+        errors = attach.stderr.read().decode(errors="replace")
+        attach.stdout.close()
+        attach.stderr.close()
+    assert attach.returncode == 0, errors
+    return received.decode(errors="replace")
 
 
 def _scenario(run: Runner, run_argv: list[str], tmp_path: Path, leftover_check: Callable[[], list[str]]) -> None:
@@ -156,45 +197,26 @@ def _scenario(run: Runner, run_argv: list[str], tmp_path: Path, leftover_check: 
 
 def test_k8s_example_on_qemu(tmp_path: Path) -> None:
     state = tmp_path / "state"
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return vmpod(state, "--backend", "qemu", *args, timeout=600)
-
-    script = shutil.which("vmpod")
-    assert script
-    from tests.support.cli import leftovers  # noqa: PLC0415
-
-    _scenario(run, [script, "--state-dir", str(state), "--backend", "qemu"], tmp_path, lambda: leftovers(state))
+    run, argv = backend_cli(state, "qemu")
+    _scenario(run, argv, tmp_path, lambda: leftovers(state))
 
 
 @pytest.fixture
 def libvirt_state() -> Iterator[Path]:
-    from vmpod_libvirt.testing import ensure_daemons, shared_dir  # noqa: PLC0415
+    from tests.support.libvirtstate import libvirt_state_dir  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
-
-    daemons = ensure_daemons()
-    base = shared_dir("vmpod-e2e-k8s-")
-    yield base / "state"
-    for name in domains(base.name, daemons):  # only after a failure
-        subprocess.run(["virsh", "-c", daemons.uri, "destroy", name], capture_output=True, check=False)
-        subprocess.run(["virsh", "-c", daemons.uri, "undefine", name], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    with libvirt_state_dir("vmpod-e2e-k8s-") as state:
+        yield state
 
 
 def test_k8s_example_on_libvirt(libvirt_state: Path, tmp_path: Path) -> None:
     from vmpod_libvirt.testing import ensure_daemons  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
+    from tests.support.libvirtstate import domains  # noqa: PLC0415
 
     state = libvirt_state
     daemons = ensure_daemons()
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return vmpod(state, "--backend", "libvirt", *args, timeout=600)
-
-    script = shutil.which("vmpod")
-    assert script
+    run, argv = backend_cli(state, "libvirt")
 
     def left() -> list[str]:
         found = [f"domain {name}" for name in domains(state.parent.name, daemons)]
@@ -202,4 +224,4 @@ def test_k8s_example_on_libvirt(libvirt_state: Path, tmp_path: Path) -> None:
         found += [str(p) for p in pods.iterdir()] if pods.is_dir() else []
         return found
 
-    _scenario(run, [script, "--state-dir", str(state), "--backend", "libvirt"], tmp_path, left)
+    _scenario(run, argv, tmp_path, left)

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmpod_libvirt import connection as lv
-from vmpod_libvirt.testing import Daemons, ensure_daemons, shared_dir
+from vmpod_libvirt.testing import Daemons, ensure_daemons
 
 from tests.support.cli import get_pods, leftovers, store_problems, tiny_manifest, vmpod
+from tests.support.libvirtstate import domains, libvirt_state_dir
 from vmpod.guests.tiny import build_tiny_guest
 
 pytestmark = pytest.mark.guest
@@ -45,26 +45,13 @@ def libvirtd() -> Daemons:
 @pytest.fixture
 def state(libvirtd: Daemons) -> Iterator[Path]:
     """A state directory libvirt's qemu can reach; vmpod's domains in it are destroyed after the test."""
-    base = shared_dir("vmpod-libvirt-runtime-")
-    yield base / "state"
-    for name in domains(base.name, libvirtd):  # only after a failure: the test deletes its pods
-        subprocess.run(["virsh", "-c", libvirtd.uri, "destroy", name], capture_output=True, check=False)
-        subprocess.run(["virsh", "-c", libvirtd.uri, "undefine", name], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    with libvirt_state_dir("vmpod-libvirt-runtime-") as path:
+        yield path
 
 
 def lvpod(state: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``vmpod --state-dir STATE --backend libvirt ARGS...``."""
     return vmpod(state, "--backend", "libvirt", *args, env=env)
-
-
-def domains(text: str, libvirtd: Daemons) -> list[str]:
-    """Names of the defined domains (running or not) whose XML mentions ``text`` (e.g. the state directory)."""
-    conn = lv.open_connection(libvirtd.uri)
-    try:
-        return sorted(d.name() for d in conn.listAllDomains(0) if text in d.XMLDesc(0))
-    finally:
-        lv.close_quietly(conn)
 
 
 def virsh_names(libvirtd: Daemons) -> set[str]:

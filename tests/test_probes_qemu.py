@@ -14,7 +14,6 @@ busybox ``httpd`` on port 80 and dropbear on port 22.  Through the installed ``v
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,18 +102,11 @@ def backend_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
         _delete_all(directory, "qemu")
         destroy_all(directory)
         return
-    from vmpod_libvirt.testing import ensure_daemons, shared_dir  # noqa: PLC0415
+    from tests.support.libvirtstate import libvirt_state_dir  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
-
-    daemons = ensure_daemons()
-    base = shared_dir("vmpod-probes-")
-    yield "libvirt", base / "state"
-    _delete_all(base / "state", "libvirt")
-    for name in domains(base.name, daemons):  # only after a failure
-        subprocess.run(["virsh", "-c", daemons.uri, "destroy", name], capture_output=True, check=False)
-        subprocess.run(["virsh", "-c", daemons.uri, "undefine", name], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    with libvirt_state_dir("vmpod-probes-") as state:
+        yield "libvirt", state
+        _delete_all(state, "libvirt")
 
 
 def _manifest(path: Path, image: Path, pods: dict[str, str]) -> Path:

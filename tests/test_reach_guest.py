@@ -20,7 +20,6 @@ than libvirt's own, and both must take dynamic forwards):
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import tiny_manifest, vmpod, wait_for_log
+from tests.support.cli import backend_cli, tiny_manifest, wait_for_log
 from tests.support.guestvm import make_ssh_key
 from vmpod.guests.tiny import build_tiny_guest
 
@@ -193,44 +192,29 @@ def test_reach_tiny_guest_on_qemu(tmp_path: Path) -> None:
     from tests.support.cli import leftovers  # noqa: PLC0415
 
     state = tmp_path / "state"
-    script = shutil.which("vmpod")
-    assert script
+    run, argv = backend_cli(state, "qemu")
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return vmpod(state, "--backend", "qemu", *args, timeout=600)
-
-    _scenario(run, [script, "--state-dir", str(state), "--backend", "qemu"], state, tmp_path, "reach-q")
+    _scenario(run, argv, state, tmp_path, "reach-q")
     assert leftovers(state) == []
 
 
 @pytest.fixture
 def libvirt_state() -> Iterator[Path]:
-    from vmpod_libvirt.testing import ensure_daemons, shared_dir  # noqa: PLC0415
+    from tests.support.libvirtstate import libvirt_state_dir  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
-
-    daemons = ensure_daemons()
-    base = shared_dir("vmpod-reach-")
-    yield base / "state"
-    for name in domains(base.name, daemons):  # only after a failure
-        subprocess.run(["virsh", "-c", daemons.uri, "destroy", name], capture_output=True, check=False)
-        subprocess.run(["virsh", "-c", daemons.uri, "undefine", name], capture_output=True, check=False)
-    shutil.rmtree(base, ignore_errors=True)
+    with libvirt_state_dir("vmpod-reach-") as state:
+        yield state
 
 
 def test_reach_tiny_guest_on_libvirt(libvirt_state: Path, tmp_path: Path) -> None:
     from vmpod_libvirt.testing import ensure_daemons  # noqa: PLC0415
 
-    from tests.test_libvirt_runtime import domains  # noqa: PLC0415
+    from tests.support.libvirtstate import domains  # noqa: PLC0415
 
     state = libvirt_state
     daemons = ensure_daemons()
-    script = shutil.which("vmpod")
-    assert script
+    run, argv = backend_cli(state, "libvirt")
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return vmpod(state, "--backend", "libvirt", *args, timeout=600)
-
-    _scenario(run, [script, "--state-dir", str(state), "--backend", "libvirt"], state, tmp_path, "reach-l",
+    _scenario(run, argv, state, tmp_path, "reach-l",
               static_port=True)
     assert domains(state.parent.name, daemons) == []

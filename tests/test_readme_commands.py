@@ -136,7 +136,8 @@ def test_demo_runs_the_main_job_and_the_readme_pod_commands() -> None:
     # The pod commands of the README, each shown and run by the demo (set -e: each exited 0).
     steps = [line.removeprefix("$ ") for line in lines if line.startswith("$ ")]
     pod_commands = [c for c in readme_session() if subcommand(c) not in OFFLINE]
-    assert [subcommand(c) for c in pod_commands] == ["sed", "run", "get", "logs", "describe", "delete", "plugins"]
+    assert [subcommand(c) for c in pod_commands] == ["sed", "run", "get", "logs", "echo", "describe", "delete",
+                                                          "plugins"]
     assert [c for c in pod_commands if c not in steps] == [], steps
 
     def after(step: str) -> str:
@@ -151,6 +152,9 @@ def test_demo_runs_the_main_job_and_the_readme_pod_commands() -> None:
     log = after("vmpod logs tiny-vm")
     assert "VMPOD-SEED instance-id=tiny-vm.default hostname=tiny-vm" in log
     assert "VMPOD-READY" in log
+    attached = after("echo uname -s | vmpod attach tiny-vm --linger 3")
+    assert "Linux" in attached.split(), attached  # the guest's shell ran the typed command
+    assert "<h1>tiny-vm</h1>" in output  # the guest's web page through vmpod port-forward
     described = after("vmpod describe tiny-vm")
     assert "tiny-vm" in described, described
     assert "Running" in described, described

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tests.support.qemu import pids_mentioning
 from vmpod.runtime import Runtime
 from vmpod.runtime.check import check_consistency
 
-__all__ = ["get_pods", "leftovers", "store_problems", "tiny_manifest", "vmpod", "wait_for_log"]
+__all__ = ["backend_cli", "get_pods", "leftovers", "store_problems", "tiny_manifest", "vmpod", "wait_for_log"]
 
 
 def vmpod(state: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
@@ -25,6 +26,19 @@ def vmpod(state: Path, *args: str, env: dict[str, str] | None = None, timeout: f
     base = {k: v for k, v in os.environ.items() if k not in ("VMPOD_FAULT_POINT", "VMPOD_BACKEND")}
     return subprocess.run([script, "--state-dir", str(state), *args], capture_output=True, text=True,
                           timeout=timeout, check=False, env={**base, **(env or {})}, cwd=cwd)
+
+
+def backend_cli(state: Path, backend: str, *, timeout: float = 600
+                ) -> tuple[Callable[..., subprocess.CompletedProcess[str]], list[str]]:
+    """``run(*args)``: ``vmpod --state-dir STATE --backend BACKEND ARGS...`` (as :func:`vmpod`), and that
+    command's argv prefix, for commands a test runs in the background (``logs -f``, ``attach``)."""
+    script = shutil.which("vmpod")
+    assert script, "the vmpod console script is not installed (pip install -e .)"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return vmpod(state, "--backend", backend, *args, timeout=timeout)
+
+    return run, [script, "--state-dir", str(state), "--backend", backend]
 
 
 def get_pods(state: Path) -> dict[str, dict[str, Any]]:
