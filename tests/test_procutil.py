@@ -21,6 +21,7 @@ from vmpod.procutil import (
     proc_starttime,
     process_matches,
     read_json,
+    recorded_pid,
     try_flock,
     write_json,
 )
@@ -123,16 +124,21 @@ def main_thread_state(pid: int) -> str:
 
 
 def test_try_flock_waits_for_a_dying_holder_only(tmp_path: Path, lock_fd: int) -> None:
-    with hold_lock(tmp_path / "helper.lock", 60, "live"):
+    with hold_lock(tmp_path / "helper.lock", 60, "live") as live:
         assert not try_flock(lock_fd), "a live holder keeps its lock"
+        assert not try_flock(lock_fd, holder=lambda: live.pid), "a live holder keeps its lock"
     assert try_flock(lock_fd), "the holder is gone: the lock is free"
 
     fd = os.open(tmp_path / "other.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         with hold_lock(tmp_path / "other.lock", 1.0, "dying") as dying:
+            record = tmp_path / "helper.json"
+            write_json(record, {"pid": dying.pid})
             assert main_thread_state(dying.pid) == "Z", "the holder's main thread has ended, another thread runs"
-            assert not try_flock(fd, dying_grace=0), "without a grace a dying holder still counts"
-            assert try_flock(fd), "with one, its lock is waited for: it is released when the last thread ends"
+            assert not try_flock(fd), "a holder nobody named counts, dying or not"
+            assert not try_flock(fd, holder=lambda: dying.pid, dying_grace=0), "without a grace it still counts"
+            assert try_flock(fd, holder=recorded_pid(record)), "a named dying holder is waited for: its lock is " \
+                "released when its last thread ends"
             assert dying.wait(10) == 0
     finally:
         os.close(fd)

@@ -13,9 +13,9 @@ module is what they share for that:
   process, and the signal goes through the pidfd: a process that exits between the check and
   the signal cannot be confused with a newcomer that got its number.
 * **locks**: :func:`locked` and :func:`try_flock`, an exclusive ``flock`` on a file (one helper per
-  machine).  A holder that was just killed keeps its lock for a moment (its main thread is already a
-  zombie while its other threads are torn down); a non-blocking attempt waits that moment out instead
-  of taking the dying holder for a live one.
+  machine).  A helper that was just killed keeps its lock for a moment (its main thread is already a
+  zombie while its other threads are torn down); a non-blocking attempt told who the holder is
+  (:func:`recorded_pid`) waits that moment out instead of taking the dying helper for a live one.
 * **records**: :func:`read_json` and :func:`write_json` (atomic replacement).
 
 It imports only the standard library (and the ``vmpod`` package, which imports pluggy): small
@@ -32,7 +32,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "proc_stat",
     "process_matches",
     "read_json",
+    "recorded_pid",
     "try_flock",
     "write_json",
 ]
@@ -79,13 +80,17 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 DYING_HOLDER_GRACE = 5.0
 
 
-def try_flock(fd: int, *, dying_grace: float = DYING_HOLDER_GRACE) -> bool:
+def try_flock(fd: int, *, holder: Callable[[], int | None] | None = None,
+              dying_grace: float = DYING_HOLDER_GRACE) -> bool:
     """Take an exclusive ``flock`` on ``fd`` without waiting for a live holder; True when taken.
 
-    When the lock is held by a process that is exiting (its main thread a zombie, or gone: a
-    multi-threaded process being killed releases its descriptors only when its last thread ends),
-    the attempt is retried for up to ``dying_grace`` seconds.  A holder still there after that counts
-    as live.
+    ``holder`` names the process expected to hold the lock (it reads the helper's pid record; the
+    kernel cannot say: ``/proc/locks`` shows who *took* a lock, and a helper may have inherited it).
+    While that process is exiting (SIGKILL pending, or its main thread a zombie: a multi-threaded
+    process being killed releases its descriptors only when its last thread ends) the attempt is retried, for up to
+    ``dying_grace`` seconds; a holder still there after that counts as live.  Without ``holder``
+    (or with a holder that is running, or gone: then another process has the lock) a held lock
+    gives False at once.
     """
     deadline = time.monotonic() + dying_grace
     while True:
@@ -93,51 +98,50 @@ def try_flock(fd: int, *, dying_grace: float = DYING_HOLDER_GRACE) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() >= deadline or not _flock_holder_exiting(fd):
+            pid = holder() if holder is not None else None
+            if not pid or pid <= 0 or not _exiting(pid) or time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
 
 
-def _flock_holder_exiting(fd: int) -> bool:
-    """True when every process ``/proc/locks`` names as holding a ``flock`` on ``fd``'s file is exiting."""
-    info = os.fstat(fd)
-    device = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
-    holders = []
+def _exiting(pid: int) -> bool:
+    """True while ``pid`` is being killed: its main thread a zombie, or SIGKILL pending (a thread in
+    uninterruptible sleep, an ``fsync`` say, dies only when that call returns)."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return False
+    if fields[0] in ("Z", "X"):
+        return True
     try:
-        lines = Path("/proc/locks").read_text().splitlines()
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return False
-    for line in lines:
-        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1491263 0 EOF"; "1: -> FLOCK ..." lines are waiters.
-        fields = line.split()
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        major, minor, inode = fields[5].split(":")
-        if (int(major, 16), int(minor, 16), int(inode)) == device:
-            holders.append(int(fields[4]))
-    if not holders:
-        return True  # released between the attempt and the look: try again
-    return all(_exiting(pid) for pid in holders)
+    kill_bit = 1 << (signal.SIGKILL - 1)
+    return any(int(line.split()[1], 16) & kill_bit for line in status if line.startswith(("SigPnd:", "ShdPnd:")))
 
 
-def _exiting(pid: int) -> bool:
-    fields = proc_stat(pid)
-    return fields is None or fields[0] in ("Z", "X")
+def recorded_pid(path: Path, key: str = "pid") -> Callable[[], int | None]:
+    """A ``holder`` for :func:`try_flock`: the pid under ``key`` in the JSON record at ``path``, read when asked."""
+    def read() -> int | None:
+        value = (read_json(path) or {}).get(key)
+        return value if isinstance(value, int) else None
+    return read
 
 
 @contextlib.contextmanager
-def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+def locked(path: Path, *, blocking: bool = True,
+           holder: Callable[[], int | None] | None = None) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing, mode 0600) for the ``with`` block.
 
     Yields True when the lock is held; False when ``blocking`` is off and another process holds it
-    (see :func:`try_flock`: a dying holder is waited for).  The descriptor is close-on-exec: child
+    (see :func:`try_flock`: a dying ``holder`` is waited for).  The descriptor is close-on-exec: child
     processes do not inherit it.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if blocking:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        elif not try_flock(fd):
+        elif not try_flock(fd, holder=holder):
             yield False
             return
         yield True

@@ -95,7 +95,7 @@ from vmpod.forwarding import (
     read_hostfwd_reply,
 )
 from vmpod.machine import MARKER_LABEL, Machine, PortForward
-from vmpod.procutil import ProcessIdentity, try_flock
+from vmpod.procutil import ProcessIdentity, recorded_pid, try_flock
 from vmpod_libvirt import connection as lv
 from vmpod_libvirt.consolelog import SerialLog
 from vmpod_libvirt.domain import (
@@ -272,7 +272,7 @@ class LibvirtBackend:
         # same open file keeps the lock): no second follower can start while the first one boots.
         lock = os.open(directory / FOLLOWER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if not try_flock(lock):  # a follower that was just killed is waited for
+            if not try_flock(lock, holder=recorded_pid(directory / FOLLOWER_FILE)):  # a just-killed one is waited for
                 return  # a follower runs
             # The attach socket is bound here too (under the lock: a stale one of a killed follower is
             # replaced) and handed over: it exists once start returns, clients queue until it serves.

@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from vmpod.procutil import locked, proc_stat, try_flock
-from vmpod_qemu.supervisor import LOCK_FILE
+from vmpod.procutil import locked, proc_stat, recorded_pid, try_flock
+from vmpod_qemu.supervisor import LOCK_FILE, RUN_FILE
 
 __all__ = ["cpu_time_ns", "holding_supervisor_lock", "rss_bytes", "supervisor_running", "wait_supervisor"]
 
@@ -38,6 +38,11 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def _supervisor(directory: Path) -> Callable[[], int | None]:
+    """Who holds the supervisor lock: the supervisor ``run.json`` names."""
+    return recorded_pid(directory / RUN_FILE, "supervisor_pid")
+
+
 def supervisor_running(directory: Path) -> bool:
     """True while a supervisor holds the machine's ``supervisor.lock`` (never creates the lock file)."""
     try:
@@ -45,7 +50,7 @@ def supervisor_running(directory: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        return not try_flock(fd)  # a supervisor that was just killed is waited for, not counted
+        return not try_flock(fd, holder=_supervisor(directory))  # a just-killed one is waited for
     finally:
         os.close(fd)  # closing releases the probe's lock
 
@@ -53,7 +58,7 @@ def supervisor_running(directory: Path) -> bool:
 @contextlib.contextmanager
 def holding_supervisor_lock(directory: Path) -> Iterator[bool]:
     """Hold the supervisor lock (non-blocking) for the block; yields False when a supervisor holds it."""
-    with locked(directory / LOCK_FILE, blocking=False) as mine:
+    with locked(directory / LOCK_FILE, blocking=False, holder=_supervisor(directory)) as mine:
         yield mine
 
 
