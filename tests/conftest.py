@@ -1,12 +1,18 @@
-"""Shared pytest configuration: hypothesis profiles and paths."""
+"""Shared pytest configuration: hypothesis profiles, paths, golden files and the fixtures many modules use."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.support.cni import CNINetwork, make_network
+from tests.support.runtime_pods import make_image
+from vmpod.plugins import get_plugin_manager
+from vmpod.runtime import Runtime
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fast", deadline=None, max_examples=10)
@@ -57,3 +63,24 @@ class Golden:
 def golden(request: pytest.FixtureRequest) -> Golden:
     """Golden-file comparison (see :class:`Golden`)."""
     return Golden(bool(request.config.getoption("--update-golden")))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small qcow2 disk image (no guest in it): enough for pods on the fake backend."""
+    return make_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    """A :class:`Runtime` on the fake backend with its state under ``tmp_path``."""
+    with Runtime.open(tmp_path / "state", backend="fake", plugin_manager=get_plugin_manager()) as rt:
+        yield rt
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[CNINetwork]:
+    """A test-made CNI network (conflist, bridge, subnet) under ``tmp_path``, removed afterwards."""
+    made = make_network(tmp_path)
+    yield made
+    made.cleanup()

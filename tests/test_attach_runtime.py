@@ -9,27 +9,15 @@ import socket
 import subprocess
 import termios
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.runtime_pods import make_image, make_pod
+from tests.support.runtime_pods import make_pod
 from vmpod.consolemux import ConsoleMux, bind_attach_socket, connect_unix
 from vmpod.errors import InvalidTransition, NotFoundError
 from vmpod.plugins import get_plugin_manager
 from vmpod.runtime import Runtime
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("image"))
-
-
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    with Runtime.open(tmp_path / "state", backend="fake", plugin_manager=get_plugin_manager()) as rt:
-        yield rt
 
 
 def receive(sock: socket.socket, until: bytes, timeout: float = 10) -> bytes:

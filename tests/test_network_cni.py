@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cni import PLUGIN_DIRS, CNINetwork, make_network, plugins_installed
+from tests.support.cni import PLUGIN_DIRS, CNINetwork, plugins_installed
 from vmpod.errors import SpecError
 from vmpod.network import (
     CNIPluginError,
@@ -40,13 +40,6 @@ def test_the_plugins_are_installed() -> None:
     """scripts/setup.sh installs them (containernetworking-plugins); every test here needs them and root."""
     assert os.geteuid() == 0
     assert plugins_installed(), f"bridge, host-local and tuning are not in {PLUGIN_DIRS}"
-
-
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[CNINetwork]:
-    made = make_network(tmp_path)
-    yield made
-    made.cleanup()
 
 
 @pytest.fixture

@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import leftovers, vmpod
-from tests.support.cni import PLUGIN_DIRS, CNINetwork, make_network, state_namespaces
+from tests.support.cni import PLUGIN_DIRS, CNINetwork, state_namespaces
 from vmpod.guests import build_debian_cloud_guest
 
 pytestmark = pytest.mark.guest
@@ -61,13 +60,6 @@ spec:
       limits: {{memory: 512Mi}}
 """)
     return path
-
-
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[CNINetwork]:
-    made = make_network(tmp_path)
-    yield made
-    made.cleanup()
 
 
 def wait_for(state: Path, name: str, pattern: str, timeout: float = BOOT_TIMEOUT) -> str:

@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import leftovers, store_problems, tiny_manifest, vmpod
-from tests.support.cni import PLUGIN_DIRS, CNINetwork, make_network, state_namespaces
+from tests.support.cni import PLUGIN_DIRS, CNINetwork, state_namespaces
 from tests.support.qemu import pids_mentioning
 from vmpod.guests.tiny import build_tiny_guest
 from vmpod.network import netns
 
 pytestmark = pytest.mark.guest
-
-
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[CNINetwork]:
-    made = make_network(tmp_path)
-    yield made
-    made.cleanup()
 
 
 def test_qemu_runs_in_the_pod_namespace_and_an_interrupted_delete_releases_it(tmp_path: Path,

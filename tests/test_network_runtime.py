@@ -23,20 +23,13 @@ import pytest
 import yaml
 
 from tests.support.cli import store_problems, vmpod
-from tests.support.cni import PLUGIN_DIRS, CNINetwork, make_network, state_namespaces
+from tests.support.cni import PLUGIN_DIRS, CNINetwork, state_namespaces
 from tests.support.isoread import read_seed
 from tests.support.runtime_pods import POD_YAML, make_image, make_pod
 from vmpod.machine import NetworkMode
 from vmpod.network import NetworkOptions, PodNetworkMode, netns
 from vmpod.runtime import Runtime
 from vmpod.runtime.check import check_consistency
-
-
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[CNINetwork]:
-    made = make_network(tmp_path)
-    yield made
-    made.cleanup()
 
 
 @pytest.fixture

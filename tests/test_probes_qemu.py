@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import get_pods, leftovers, store_problems, vmpod, wait_for_log
+from tests.support.cli import get_pods, leftovers, store_problems, tiny_manifest, vmpod, wait_for_log
 from tests.support.cli import vmpod as run_vmpod
 from tests.support.qemu import destroy_all
 from vmpod.guests.tiny import build_tiny_guest
@@ -33,23 +33,9 @@ pytestmark = pytest.mark.guest
 #: Boot of the tiny guest under TCG on a busy two-core machine (the test prints how long it took).
 BOOT_TIMEOUT = 300.0
 
-MANIFEST = """apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  annotations:
-    kubernetes.io/target-runtime: virtlet.cloud
-    VirtletRootVolumeSize: 256Mi
-spec:
-  terminationGracePeriodSeconds: 5
-  containers:
-  - name: tiny
-    image: file://{image}
-    resources:
-      limits: {{memory: 128Mi}}
-    ports:
-    - {{name: http, containerPort: 80}}
-{probes}
+#: The tiny guest's web server, named for the httpGet probes.
+PORTS = """    ports:
+    - {name: http, containerPort: 80}
 """
 
 GOOD = """    readinessProbe:
@@ -110,9 +96,7 @@ def backend_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
 
 
 def _manifest(path: Path, image: Path, pods: dict[str, str]) -> Path:
-    path.write_text("---\n".join(MANIFEST.format(name=name, image=image, probes=probes)
-                                 for name, probes in pods.items()))
-    return path
+    return tiny_manifest(path, image, list(pods), container={name: PORTS + probes for name, probes in pods.items()})
 
 
 def _wait(state: Path, what: str, condition: Any, timeout: float = BOOT_TIMEOUT) -> dict[str, dict[str, Any]]:

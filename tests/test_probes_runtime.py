@@ -22,7 +22,6 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tests.support.runtime_pods import make_image
 from vmpod.errors import SpecError
 from vmpod.manifest import load_manifest_text
 from vmpod.model import VMPod
@@ -49,11 +48,6 @@ spec:
     ports: [{{name: http, containerPort: 80}}, {{containerPort: 9000}}]
 {probes}
 """
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture

@@ -7,14 +7,13 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
 from vmpod_fake import FakeBackend, Faults
 
-from tests.support.runtime_pods import make_image, make_pod
+from tests.support.runtime_pods import make_pod
 from vmpod import hookimpl
 from vmpod.backend import BackendConfig, Capabilities, MachineState
 from vmpod.errors import BackendError, ConflictError, InvalidTransition, NotFoundError, SpecError
@@ -36,17 +35,6 @@ from vmpod.runtime.builder import (
 from vmpod.runtime.check import check_consistency
 from vmpod.runtime.logs import LogWriter, follow, format_record, read_lines
 from vmpod.runtime.selectors import parse_selector
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("image"))
-
-
-@pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    with Runtime.open(tmp_path / "state", backend="fake", plugin_manager=get_plugin_manager()) as rt:
-        yield rt
 
 
 def _fake(runtime: Runtime) -> FakeBackend:

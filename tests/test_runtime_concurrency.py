@@ -7,9 +7,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from tests.support.runtime_pods import make_image, make_pod
+from tests.support.runtime_pods import make_pod
 from vmpod.errors import ConflictError, InvalidTransition, NotFoundError
 from vmpod.plugins import get_plugin_manager
 from vmpod.runtime import ContainerState, ReconcileReport, Runtime
@@ -18,11 +16,6 @@ from vmpod.runtime.check import check_consistency
 THREADS = 50
 STEPS = 12
 SHARED = 20
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("image"))
 
 
 def test_fifty_threads(tmp_path: Path, image: Path) -> None:

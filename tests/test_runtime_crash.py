@@ -40,7 +40,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vmpod_fake import FakeBackend
 
-from tests.support.runtime_pods import make_image, make_pod
+from tests.support.runtime_pods import make_pod
 from vmpod.backend import BackendConfig, MachineState
 from vmpod.errors import VmpodError
 from vmpod.machine import MARKER_LABEL
@@ -54,11 +54,6 @@ PODS = 3
 Op = tuple[str, int]
 
 KILLS: dict[str, int] = {}
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture(scope="module")

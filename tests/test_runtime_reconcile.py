@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from vmpod_fake import FakeBackend
 
-from tests.support.runtime_pods import make_image, make_pod
+from tests.support.runtime_pods import make_pod
 from vmpod import hookimpl
 from vmpod.backend import BackendConfig, MachineState
 from vmpod.hookspecs import BackendSpec
@@ -18,11 +18,6 @@ from vmpod.runtime import ContainerState, ReconcileReport, Runtime
 from vmpod.runtime.builder import STORE_LABEL
 from vmpod.runtime.check import check_consistency
 from vmpod.runtime.records import ArtefactKind, OperationKind
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,16 @@ def leftovers(state: Path, *, pod_uids: set[str] | None = None) -> list[str]:
     return found
 
 
-def tiny_manifest(path: Path, image: Path, names: list[str], *, memory: str = "128Mi") -> Path:
-    """A manifest of one tiny-guest VM pod per name (file:// image), written to ``path``."""
+def _block(text: str) -> str:
+    return text.rstrip("\n") + "\n" if text.strip() else ""
+
+
+def tiny_manifest(path: Path, image: Path, names: Sequence[str], *, memory: str = "128Mi",
+                  container: Mapping[str, str] | None = None) -> Path:
+    """A manifest of one tiny-guest VM pod per name (file:// image), written to ``path``.
+
+    ``container`` maps a pod name to more YAML for its container (ports, probes), indented by four spaces.
+    """
     docs = []
     for name in names:
         docs.append(f"""apiVersion: v1
@@ -105,7 +113,7 @@ spec:
     resources:
       limits:
         memory: {memory}
-""")
+""" + _block((container or {}).get(name, "")))
     path.write_text("---\n".join(docs))
     return path
 
