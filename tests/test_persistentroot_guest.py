@@ -18,7 +18,6 @@ backing file is under ``/var/tmp`` (libvirt's qemu cannot reach pytest's ``tmp_p
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from vmpod_libvirt.testing import ensure_daemons, shared_dir
 from tests.support.cli import get_pods, leftovers, store_problems, tiny_manifest, vmpod, wait_for_log
 from tests.support.qemu import destroy_all
 from vmpod.cloudinit.disks import ROOT_SERIAL
+from vmpod.guests.disk import file_digest
 from vmpod.guests.tiny import build_tiny_guest
 from vmpod.persistentroot import OFFSET, SECTOR, RootHeader, read_header
 
@@ -103,14 +103,6 @@ def pod_manifest(path: Path, image: Path, name: str, device: Path) -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def zero_sector_of(image: Path, tmp: Path) -> int:
     """Offset of the last all-zero sector of ``image`` as raw data (the marker goes there)."""
     raw = tmp / "image.raw"
@@ -169,8 +161,8 @@ def test_persistent_root_on_a_loop_device(backend: str, workdir: Path, loop_devi
     try:
         # 1. The first run writes the image.
         events = run(manifest)
-        assert f"wrote image sha256:{sha256_of(image)[:12]} to the persistent root device {loop_device}" in events
-        assert read_header(loop_device) == RootHeader(version=1, sha256=sha256_of(image))
+        assert f"wrote image sha256:{file_digest(image)[:12]} to the persistent root device {loop_device}" in events
+        assert read_header(loop_device) == RootHeader(version=1, sha256=file_digest(image))
         assert read_at(loop_device, marker_at, SECTOR) == b"\0" * SECTOR
         delete()
 
@@ -184,8 +176,8 @@ def test_persistent_root_on_a_loop_device(backend: str, workdir: Path, loop_devi
 
         # 3. Another image: written again.
         events = run(other_manifest)
-        assert f"wrote image sha256:{sha256_of(other)[:12]}" in events, events
-        assert read_header(loop_device) == RootHeader(version=1, sha256=sha256_of(other))
+        assert f"wrote image sha256:{file_digest(other)[:12]}" in events, events
+        assert read_header(loop_device) == RootHeader(version=1, sha256=file_digest(other))
         assert read_at(loop_device, marker_at, SECTOR) == b"\0" * SECTOR
         delete()
         assert store_problems(state) == []
@@ -210,13 +202,13 @@ def test_refused_persistent_roots_write_nothing(workdir: Path, loop_device: Path
     image = workdir / "tiny.qcow2"
     shutil.copyfile(build_tiny_guest(), image)
     backing = workdir / "device.img"
-    before = sha256_of(backing)
+    before = file_digest(backing)
 
     def refused(result: subprocess.CompletedProcess[str], message: str) -> None:
         assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
-        assert sha256_of(backing) == before, "the refused device was written"
+        assert file_digest(backing) == before, "the refused device was written"
         assert get_pods(state) == {}
         assert leftovers(state) == []
         assert store_problems(state) == []

@@ -99,7 +99,7 @@ def try_flock(fd: int, *, holder: Callable[[], int | None] | None = None,
             return True
         except BlockingIOError:
             pid = holder() if holder is not None else None
-            if not pid or pid <= 0 or not _exiting(pid) or time.monotonic() >= deadline:
+            if pid is None or pid <= 0 or not _exiting(pid) or time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
 

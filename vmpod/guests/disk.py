@@ -44,6 +44,7 @@ import attrs
 
 from vmpod.durable import fsync_directory
 from vmpod.errors import VmpodError
+from vmpod.images import sha256_file
 
 __all__ = [
     "DISK_TOOLS",
@@ -121,11 +122,7 @@ def default_cache_dir() -> Path:
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (hex), for cache keys that depend on a tool's exact build."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path).removeprefix("sha256:")
 
 
 def inputs_key(inputs: Mapping[str, Any]) -> str:
